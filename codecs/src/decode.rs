@@ -579,3 +579,34 @@ fn check_packets(packets: &[EnvPacket], limits: &Limits, now_us: i64) -> Result<
     }
     Ok(())
 }
+
+/// Views a frame that was already checked by [`decode`] (for example when it is handed from the
+/// edge to the writer), without checking it again. Returns `None` if the bytes are not even
+/// shaped like a frame; never panics.
+pub fn view(buf: &[u8]) -> Option<Frame<'_>> {
+    let (header, payload) = Header::ref_from_prefix(buf).ok()?;
+    let frame_type = FrameType::from_wire(header.frame_type)?;
+    Some(match frame_type {
+        FrameType::Telemetry => {
+            let (base, rest) = TelemetryBase::ref_from_prefix(payload).ok()?;
+            Frame::Telemetry {
+                header,
+                base,
+                records: <[Record]>::ref_from_bytes(rest).ok()?,
+            }
+        }
+        FrameType::Environment => Frame::Environment {
+            header,
+            packets: <[EnvPacket]>::ref_from_bytes(payload).ok()?,
+        },
+        FrameType::Ack => Frame::Ack { header },
+        FrameType::Error => Frame::Error {
+            header,
+            body: ErrorBody::ref_from_bytes(payload).ok()?,
+        },
+        FrameType::Live => Frame::Live {
+            header,
+            records: <[LiveRecord]>::ref_from_bytes(payload).ok()?,
+        },
+    })
+}

@@ -60,11 +60,11 @@ fn main() -> ExitCode {
             eprintln!("out of date: {}", path.display());
             continue;
         }
-        if let Some(dir) = path.parent() {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                eprintln!("wire-gen: {}: {e}", dir.display());
-                return ExitCode::FAILURE;
-            }
+        if let Some(dir) = path.parent()
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            eprintln!("wire-gen: {}: {e}", dir.display());
+            return ExitCode::FAILURE;
         }
         if let Err(e) = std::fs::write(&path, &contents) {
             eprintln!("wire-gen: {}: {e}", path.display());
