@@ -1,0 +1,350 @@
+//! Server configuration: one typed struct read from CLI flags, `TELEMUX_*` environment variables
+//! and an optional TOML file (`--config`), in that order of precedence, with documented defaults
+//! (`ingest --help` lists them all).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// A duration written like `15s`, `250ms`, `2m`, `30d` (humantime syntax) in flags, env and TOML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// SQLite durability on commit (see README, "Durability").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// fsync on every commit: an acknowledged reading survives power loss.
+    Full,
+    /// fsync at WAL checkpoints only: survives a process crash, may lose the last commits on power loss.
+    Normal,
+}
+
+/// Settings of the `ingest` server (the default command).
+#[derive(Clone, Debug, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on for HTTP, device and dashboard WebSockets.
+    #[arg(long, env = "TELEMUX_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store and the token secret.
+    #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Optional TOML file with any of these settings (keys as the long flag names, with `_`).
+    #[arg(long = "config", env = "TELEMUX_CONFIG")]
+    #[serde(skip)]
+    pub config_file: Option<PathBuf>,
+
+    /// SQLite durability: `full` (fsync per commit) or `normal` (survives process crashes only).
+    #[arg(
+        long,
+        env = "TELEMUX_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "full"
+    )]
+    pub sqlite_synchronous: SyncMode,
+
+    /// Writer: commit a batch once it holds this many readings.
+    #[arg(long, env = "TELEMUX_BATCH_MAX_ROWS", default_value_t = 8192)]
+    pub batch_max_rows: usize,
+
+    /// Writer: commit a batch at the latest this long after its first frame arrived.
+    #[arg(long, env = "TELEMUX_BATCH_MAX_DELAY", default_value = "5ms")]
+    pub batch_max_delay: HumanDuration,
+
+    /// Writer queue bound in frames; when full, device sockets stop being read (TCP backpressure).
+    #[arg(long, env = "TELEMUX_QUEUE_MAX_FRAMES", default_value_t = 16_384)]
+    pub queue_max_frames: usize,
+
+    /// Writer queue bound in bytes of frames.
+    #[arg(long, env = "TELEMUX_QUEUE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub queue_max_bytes: usize,
+
+    /// Dedup window per device, in sequence numbers (older frames are refused as `sequence_too_old`).
+    #[arg(long, env = "TELEMUX_DEDUP_WINDOW", default_value_t = 1024)]
+    pub dedup_window: u32,
+
+    /// Largest WebSocket message accepted from a device, in bytes (larger: close 1009).
+    #[arg(long, env = "TELEMUX_MAX_FRAME_BYTES", default_value_t = 128 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Largest record count in one device frame (more: error `too_many_records`).
+    #[arg(long, env = "TELEMUX_MAX_RECORDS", default_value_t = 4096)]
+    pub max_records: u16,
+
+    /// Oldest reading accepted, relative to the server clock.
+    #[arg(long, env = "TELEMUX_MAX_PAST", default_value = "30days")]
+    pub max_past: HumanDuration,
+
+    /// Newest reading accepted, relative to the server clock.
+    #[arg(long, env = "TELEMUX_MAX_FUTURE", default_value = "5m")]
+    pub max_future: HumanDuration,
+
+    /// Close a device connection (1007) after this many refused frames on it.
+    #[arg(long, env = "TELEMUX_BAD_FRAME_LIMIT", default_value_t = 10)]
+    pub bad_frame_limit: u32,
+
+    /// Server ping interval on device connections.
+    #[arg(long, env = "TELEMUX_PING_INTERVAL", default_value = "15s")]
+    pub ping_interval: HumanDuration,
+
+    /// Close a connection (4001 "ping timeout") after this many pings went unanswered.
+    #[arg(long, env = "TELEMUX_MISSED_PONGS", default_value_t = 2)]
+    pub missed_pongs: u32,
+
+    /// Close a device connection (4002 "idle") that sent no frame for this long.
+    #[arg(long, env = "TELEMUX_IDLE_TIMEOUT", default_value = "5m")]
+    pub idle_timeout: HumanDuration,
+
+    /// Most simultaneous device connections (more: HTTP 503 before upgrade).
+    #[arg(long, env = "TELEMUX_MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+
+    /// New device connections per second allowed from one IP address (more: HTTP 429).
+    #[arg(long, env = "TELEMUX_CONNECT_RATE_PER_IP", default_value_t = 1000)]
+    pub connect_rate_per_ip: u32,
+
+    /// Burst of new connections allowed from one IP address above the rate.
+    #[arg(long, env = "TELEMUX_CONNECT_BURST_PER_IP", default_value_t = 2000)]
+    pub connect_burst_per_ip: u32,
+
+    /// Frames per second allowed per device (token bucket; more: close 4029 "rate limited").
+    #[arg(long, env = "TELEMUX_DEVICE_FRAMES_PER_SEC", default_value_t = 200)]
+    pub device_frames_per_sec: u32,
+
+    /// Readings per second allowed per device (token bucket, burst of one second's worth).
+    #[arg(
+        long,
+        env = "TELEMUX_DEVICE_READINGS_PER_SEC",
+        default_value_t = 200_000
+    )]
+    pub device_readings_per_sec: u32,
+
+    /// On SIGINT/SIGTERM, give connections and the writer this long to finish.
+    #[arg(long, env = "TELEMUX_SHUTDOWN_TIMEOUT", default_value = "10s")]
+    pub shutdown_timeout: HumanDuration,
+
+    /// Delete readings older than this many days (0: keep forever).
+    #[arg(long, env = "TELEMUX_RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u32,
+
+    /// How often the retention job runs.
+    #[arg(long, env = "TELEMUX_RETENTION_INTERVAL", default_value = "1h")]
+    pub retention_interval: HumanDuration,
+
+    /// How often token revocations are reloaded from the store (revoked devices are disconnected).
+    #[arg(long, env = "TELEMUX_REVOCATION_POLL", default_value = "2s")]
+    pub revocation_poll: HumanDuration,
+
+    /// `/readyz` fails when the writer has had work but no commit for this long.
+    #[arg(long, env = "TELEMUX_WRITER_STALL", default_value = "10s")]
+    pub writer_stall: HumanDuration,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A key in the TOML file is not a setting.
+    #[error(
+        "config file {path}: unknown setting `{key}` (settings are the long flag names with `_`)"
+    )]
+    UnknownKey {
+        /// The file.
+        path: String,
+        /// The key.
+        key: String,
+    },
+    /// A setting has an invalid value.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Builds the config from parsed arguments, then fills settings left at their default from
+    /// the TOML file, if one is given. Flags and environment variables win over the file.
+    pub fn from_matches(m: &ArgMatches) -> Result<Config, anyhow::Error> {
+        let cfg = Config::from_arg_matches(m)?;
+        let Some(path) = cfg.config_file.clone() else {
+            cfg.validate()?;
+            return Ok(cfg);
+        };
+        let show = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::File {
+            path: show.clone(),
+            reason: e.to_string(),
+        })?;
+        let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: show.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut merged = toml::Table::try_from(&cfg)?;
+        for (key, value) in file {
+            if !merged.contains_key(&key) {
+                return Err(ConfigError::UnknownKey { path: show, key }.into());
+            }
+            if matches!(m.value_source(&key), Some(ValueSource::DefaultValue) | None) {
+                merged.insert(key, value);
+            }
+        }
+        let mut out: Config =
+            merged
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::File {
+                    path: show,
+                    reason: e.to_string(),
+                })?;
+        out.config_file = Some(path);
+        out.validate()?;
+        Ok(out)
+    }
+
+    /// Range checks that clap's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("batch_max_rows", self.batch_max_rows),
+            ("queue_max_frames", self.queue_max_frames),
+            ("max_connections", self.max_connections),
+            ("dedup_window", self.dedup_window as usize),
+            ("device_frames_per_sec", self.device_frames_per_sec as usize),
+            (
+                "device_readings_per_sec",
+                self.device_readings_per_sec as usize,
+            ),
+            ("connect_rate_per_ip", self.connect_rate_per_ip as usize),
+            ("max_records", self.max_records as usize),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.queue_max_bytes < self.max_frame_bytes {
+            return Err(ConfigError::Invalid {
+                key: "queue_max_bytes",
+                reason: format!(
+                    "must be at least max_frame_bytes ({}) so one frame always fits",
+                    self.max_frame_bytes
+                ),
+            });
+        }
+        if self.ping_interval.0.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "ping_interval",
+                reason: "must be greater than 0".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A config with every default, for tests and embedding (`data_dir` as given).
+    pub fn with_defaults(data_dir: impl Into<PathBuf>) -> Config {
+        let data_dir = data_dir.into();
+        let cli = Cli::parse_from(["ingest", "--data-dir", &data_dir.to_string_lossy()]);
+        cli.serve
+    }
+}
+
+/// Command line of the `ingest` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ingest",
+    version,
+    about = "telemux ingest server: devices stream binary frames over WebSocket; readings are stored exactly once and acknowledged after commit."
+)]
+pub struct Cli {
+    /// Server settings (used when no subcommand is given).
+    #[command(flatten)]
+    pub serve: Config,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands of `ingest`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve,
+    /// Mint or revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `ingest token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a device token (alone on stdout).
+    Device {
+        /// Device id (the `device_id` its frames carry).
+        device_id: u64,
+        /// Directory holding the token secret.
+        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Token lifetime (`30d`, `12h`, ...); no expiry when omitted.
+        #[arg(long)]
+        ttl: Option<HumanDuration>,
+    },
+    /// Revoke every token issued so far to a device, or one token. Connected holders are
+    /// disconnected within `--revocation-poll`.
+    Revoke {
+        /// Device id whose tokens (all issued until now) to revoke.
+        #[arg(long, conflicts_with = "token", required_unless_present = "token")]
+        device: Option<u64>,
+        /// One token to revoke (the token string itself).
+        #[arg(long)]
+        token: Option<String>,
+        /// Directory of the store.
+        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}

@@ -1,0 +1,80 @@
+//! telemux ingest server: devices stream binary frames over WebSocket; readings are checked,
+//! stored exactly once, and acknowledged only after commit.
+//!
+//! # Layout
+//! - [`config`]: the one typed configuration (flags, `TELEMUX_*` env, TOML file).
+//! - [`auth`]: signed device/operator tokens, the secret file, revocation.
+//! - [`routes`]: HTTP routes (warp): device WebSocket upgrade, `/healthz`, `/readyz`, `/metrics`.
+//! - [`edge`]: one task per device connection: check, admit, ack, heartbeat, limits.
+//! - [`devices`]: per-device state shared by the connection and the writer (dedup, acks).
+//! - [`dedup`]: the per-device duplicate window.
+//! - [`writer`]: the bounded queue and the batching writer (acks after commit).
+//! - [`store`]: the storage trait, the embedded SQLite store, the conformance suite.
+//! - [`limits`]: connection caps and rate limits.
+//! - [`server`]: shared state, the accept loop, background jobs, graceful shutdown.
+//! - [`telemetry`]: metric names and the Prometheus recorder.
+//!
+//! [`run`] is the whole server; the binary only parses arguments and binds the listener.
+
+pub mod auth;
+pub mod config;
+pub mod dedup;
+pub mod devices;
+pub mod edge;
+pub mod limits;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod writer;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use server::{App, ServerError};
+
+/// Microseconds since the Unix epoch, from the system clock.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Opens the embedded store and the token secret under `config.data_dir`.
+pub async fn open(
+    config: &Config,
+) -> Result<(Arc<auth::Authority>, Arc<dyn store::Store>), ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir {
+        path: config.data_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let authority = Arc::new(auth::Authority::load_or_create(&config.data_dir)?);
+    let options = store::sqlite::SqliteOptions {
+        synchronous: match config.sqlite_synchronous {
+            config::SyncMode::Full => store::sqlite::Synchronous::Full,
+            config::SyncMode::Normal => store::sqlite::Synchronous::Normal,
+        },
+        ..Default::default()
+    };
+    let store =
+        store::sqlite::SqliteStore::open(&config.data_dir.join(store::sqlite::DB_FILE), options)?;
+    let store: Arc<dyn store::Store> = Arc::new(store);
+    let revocations = store.revocations().await?;
+    authority.set_revocations(&revocations);
+    Ok((authority, store))
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then shuts down gracefully.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let (authority, store) = open(&config).await?;
+    let (app, writer_task) = server::build(config, authority, store);
+    server::serve(app, writer_task, listener, shutdown).await;
+    Ok(())
+}

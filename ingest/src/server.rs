@@ -1,0 +1,303 @@
+//! The server: shared state, our own accept loop (hyper, with upgrades), routes served by warp,
+//! background jobs, and graceful shutdown.
+//!
+//! We accept connections ourselves rather than through `warp::serve` because warp cannot size
+//! the WebSocket read buffer (128 KiB per connection by default), has no TLS, and does not track
+//! upgraded sockets at shutdown (see `shared/CRATES.md`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::auth::Authority;
+use crate::config::Config;
+use crate::devices::{Eviction, Registry};
+use crate::limits::{ConnectRate, ConnectionLimit};
+use crate::store::{Presence, Store};
+use crate::telemetry as m;
+use crate::writer::{Writer, WriterConfig};
+
+/// The remote address of an HTTP connection, as a request extension.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// State shared by every connection and route.
+pub struct App {
+    /// Settings.
+    pub config: Config,
+    /// Token signing and verification.
+    pub authority: Arc<Authority>,
+    /// The time-series store.
+    pub store: Arc<dyn Store>,
+    /// Per-device state.
+    pub registry: Registry,
+    /// The writer queue; taken (dropped) at shutdown once connections are done.
+    writer: Mutex<Option<Writer>>,
+    /// Writer health for `/readyz` (kept after the writer handle is dropped).
+    pub writer_health: Arc<crate::writer::WriterHealth>,
+    /// Open device connections against `max_connections`.
+    pub connections: Arc<ConnectionLimit>,
+    /// New connections per IP.
+    pub connect_rate: ConnectRate,
+    /// Upgraded sockets, awaited at shutdown.
+    pub tracker: TaskTracker,
+    /// Cancelled when shutdown starts.
+    pub shutdown: CancellationToken,
+    /// Next connection id.
+    next_conn_id: AtomicU64,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
+
+impl App {
+    /// Decoder limits from the config.
+    pub fn limits(&self) -> codecs::Limits {
+        codecs::Limits {
+            max_records: self.config.max_records,
+            max_past_us: i64::try_from(self.config.max_past.0.as_micros()).unwrap_or(i64::MAX),
+            max_future_us: i64::try_from(self.config.max_future.0.as_micros()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The writer handle, unless shutdown has released it.
+    pub fn writer(&self) -> Option<Writer> {
+        self.writer.lock().ok().and_then(|w| w.clone())
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records a presence change in the background (presence never delays frames).
+    pub fn presence(&self, p: Presence) {
+        let store = self.store.clone();
+        self.tracker.spawn(async move {
+            if let Err(e) = store.set_presence(p).await {
+                warn!(error = %e, "presence update failed");
+            }
+        });
+    }
+
+    /// Hands freshly accepted readings to the live fan-out (the dashboard hub, when present).
+    pub fn publish_live(&self, _device_id: u64, _seq: u64, _frame: &codecs::Frame<'_>) {}
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The token secret could not be loaded or created.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Builds the shared state and starts the writer; returns the writer task too.
+pub fn build(
+    config: Config,
+    authority: Arc<Authority>,
+    store: Arc<dyn Store>,
+) -> (Arc<App>, tokio::task::JoinHandle<()>) {
+    let (writer, writer_task) = Writer::spawn(
+        store.clone(),
+        WriterConfig {
+            max_rows: config.batch_max_rows,
+            max_delay: config.batch_max_delay.0,
+            max_frames: config.queue_max_frames,
+            max_bytes: config.queue_max_bytes,
+        },
+    );
+    let app = Arc::new(App {
+        registry: Registry::new(store.clone(), config.dedup_window),
+        connections: ConnectionLimit::new(config.max_connections),
+        connect_rate: ConnectRate::new(config.connect_rate_per_ip, config.connect_burst_per_ip),
+        writer_health: writer.health.clone(),
+        writer: Mutex::new(Some(writer)),
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        next_conn_id: AtomicU64::new(0),
+        metrics: m::handle(),
+        config,
+        authority,
+        store,
+    });
+    (app, writer_task)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stop accepting,
+/// let device connections drain and send their final acks, commit the writer queue, exit within
+/// `shutdown_timeout`.
+pub async fn serve(
+    app: Arc<App>,
+    writer_task: tokio::task::JoinHandle<()>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    let routes = warp::service(crate::routes::routes(app.clone()));
+    let http = auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let jobs = spawn_jobs(app.clone());
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = routes.clone();
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(PeerAddr(addr));
+            let mut svc = svc.clone();
+            async move { Ok::<_, Infallible>(tower_call(&mut svc, req).await) }
+        });
+        let conn = http
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, %addr, "http connection ended with an error");
+            }
+        });
+    }
+    info!("shutting down: no new connections; draining devices and the writer");
+    drop(listener);
+    app.shutdown.cancel();
+    let deadline = app.config.shutdown_timeout.0;
+    let started = tokio::time::Instant::now();
+    app.tracker.close();
+    if tokio::time::timeout(deadline, app.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some device connections did not finish before the shutdown deadline");
+    }
+    // Every connection is done: release the writer so it commits what is queued and stops.
+    if let Ok(mut w) = app.writer.lock() {
+        w.take();
+    }
+    let left = deadline
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    if tokio::time::timeout(left, writer_task).await.is_err() {
+        error!("writer did not finish before the shutdown deadline");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
+    for job in jobs {
+        job.abort();
+    }
+    info!("shutdown complete");
+}
+
+async fn tower_call<S>(
+    svc: &mut S,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> warp::reply::Response
+where
+    S: tower_service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+        >,
+{
+    match svc.call(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// Periodic jobs: retention, revocation reload, limiter upkeep, metrics upkeep.
+fn spawn_jobs(app: Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut jobs = Vec::new();
+    if app.config.retention_days > 0 {
+        let app = app.clone();
+        jobs.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(app.config.retention_interval.0);
+            loop {
+                tick.tick().await;
+                let cutoff =
+                    crate::now_us() - i64::from(app.config.retention_days) * 86_400_000_000;
+                match app.store.delete_older_than(cutoff).await {
+                    Ok(n) => {
+                        metrics::counter!(m::RETENTION_DELETED).increment(n);
+                        if n > 0 {
+                            info!(deleted = n, "retention job removed old readings");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "retention job failed"),
+                }
+            }
+        }));
+    }
+    {
+        let app = app.clone();
+        jobs.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(app.config.revocation_poll.0);
+            loop {
+                tick.tick().await;
+                match app.store.revocations().await {
+                    Ok(r) => app.authority.set_revocations(&r),
+                    Err(e) => warn!(error = %e, "cannot reload revocations"),
+                }
+                evict_revoked(&app);
+            }
+        }));
+    }
+    {
+        let app = app.clone();
+        jobs.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                app.connect_rate.retain_recent();
+                app.metrics.run_upkeep();
+            }
+        }));
+    }
+    jobs
+}
+
+/// Closes connections whose device tokens were revoked since they connected.
+fn evict_revoked(app: &App) {
+    for (_, device) in app.registry.connected() {
+        let state = device.lock();
+        if let Some(link) = &state.link {
+            if app.authority.is_revoked(&link.claims) {
+                if let Ok(mut why) = link.evicted.lock() {
+                    *why = Some(Eviction::Revoked);
+                }
+                link.close.cancel();
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Metric names and the Prometheus recorder. Every refusal, drop and limit is counted here so
+//! `/metrics` tells an operator what the server did and why.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Device WebSocket connections open now (gauge).
+pub const CONNECTIONS: &str = "telemux_device_connections";
+/// Device connections accepted (counter).
+pub const CONNECTIONS_OPENED: &str = "telemux_device_connections_opened_total";
+/// Device connections closed, by close `code` (counter).
+pub const CONNECTIONS_CLOSED: &str = "telemux_device_connections_closed_total";
+/// Frames accepted for storage (counter).
+pub const FRAMES_ACCEPTED: &str = "telemux_frames_accepted_total";
+/// Readings accepted for storage (counter).
+pub const READINGS_ACCEPTED: &str = "telemux_readings_accepted_total";
+/// Frames recognised as duplicates and acknowledged again without storing (counter).
+pub const FRAMES_DUPLICATE: &str = "telemux_frames_duplicate_total";
+/// Frames refused, by `reason` (counter).
+pub const FRAMES_REFUSED: &str = "telemux_frames_refused_total";
+/// Ack frames sent (counter).
+pub const ACKS_SENT: &str = "telemux_acks_sent_total";
+/// Requests or connections refused by a limit, by `limit` (counter).
+pub const RATE_LIMITED: &str = "telemux_rate_limited_total";
+/// Upgrade requests refused for authentication, by `code` (counter).
+pub const AUTH_FAILURES: &str = "telemux_auth_failures_total";
+/// Connections closed because pings went unanswered (counter).
+pub const ZOMBIES_CULLED: &str = "telemux_zombies_culled_total";
+/// Connections closed for sending no frame within the idle timeout (counter).
+pub const IDLE_CLOSED: &str = "telemux_idle_closed_total";
+/// Readings committed to the store (counter).
+pub const ROWS_STORED: &str = "telemux_rows_stored_total";
+/// Readings per committed batch (histogram).
+pub const BATCH_ROWS: &str = "telemux_writer_batch_rows";
+/// Seconds per batch commit (histogram).
+pub const COMMIT_SECONDS: &str = "telemux_writer_commit_seconds";
+/// Failed commit attempts (retried; nothing is dropped) (counter).
+pub const COMMIT_ERRORS: &str = "telemux_writer_commit_errors_total";
+/// Frames waiting for the writer (gauge).
+pub const QUEUE_FRAMES: &str = "telemux_writer_queue_frames";
+/// Bytes of frames waiting for the writer (gauge).
+pub const QUEUE_BYTES: &str = "telemux_writer_queue_bytes";
+/// Readings deleted by the retention job (counter).
+pub const RETENTION_DELETED: &str = "telemux_retention_deleted_total";
+
+/// Histogram buckets for batch sizes (readings).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0, 16384.0, 65536.0,
+];
+/// Histogram buckets for commit latency (seconds).
+const COMMIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns the handle that renders `/metrics`.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(BATCH_ROWS.into()),
+                    BATCH_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(COMMIT_SECONDS.into()),
+                        COMMIT_BUCKETS,
+                    )
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (an embedding program's).
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

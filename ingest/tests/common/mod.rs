@@ -1,0 +1,294 @@
+//! Test support: an in-process server on 127.0.0.1:0 with its own data directory, and a device
+//! client speaking the real wire format over a real WebSocket.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use ingest::Config;
+use ingest::auth::Authority;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A running in-process server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub authority: Arc<Authority>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ingest::ServerError>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A config for tests: fast heartbeats, small batches, `normal` sync (tests need no fsync).
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut c = Config::with_defaults(data_dir);
+    c.listen = "127.0.0.1:0".parse().expect("addr");
+    c.batch_max_delay = "2ms".parse().expect("duration");
+    c.sqlite_synchronous = ingest::config::SyncMode::Normal;
+    c.shutdown_timeout = "5s".parse().expect("duration");
+    c
+}
+
+impl TestServer {
+    /// Starts a server with a fresh data directory and `tweak` applied to the test config.
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = TestServer::start_in(dir.path().to_path_buf(), tweak).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts a server over an existing data directory.
+    pub async fn start_in(data_dir: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = test_config(&data_dir);
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let authority = Arc::new(Authority::load_or_create(&data_dir).expect("secret"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ingest::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            data_dir,
+            authority,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Triggers graceful shutdown and waits for it.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server ran");
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/devices/ws", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn token(&self, device_id: u64) -> String {
+        self.authority.mint_device(device_id, None).expect("mint")
+    }
+
+    /// Connects device `device_id` with a valid token.
+    pub async fn device(&self, device_id: u64) -> Device {
+        Device::connect(&self.ws_url(), &self.token(device_id), device_id)
+            .await
+            .expect("connect")
+    }
+
+    /// Opens the store read-only-ish for assertions (a second SQLite connection, WAL).
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.data_dir.join(ingest::store::sqlite::DB_FILE))
+            .expect("open db")
+    }
+
+    /// Stored readings of a device, as (seq, channel, ts_us, value).
+    pub fn stored(&self, device_id: u64) -> Vec<(u64, u16, i64, f64)> {
+        let db = self.db();
+        let mut stmt = db
+            .prepare("SELECT seq, channel, ts_us, value FROM readings WHERE device_id = ?1 ORDER BY seq, channel, ts_us")
+            .expect("prepare");
+        stmt.query_map([device_id as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get::<_, i64>(1)? as u16,
+                r.get(2)?,
+                r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN),
+            ))
+        })
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// What the server sent a device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Ack(u64),
+    Error {
+        seq: u64,
+        reason: u16,
+        expected: u64,
+        found: u64,
+    },
+    Close(u16, String),
+    Ping,
+    Other(String),
+}
+
+/// A device client.
+pub struct Device {
+    pub id: u64,
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    buf: Vec<u8>,
+}
+
+pub fn now_us() -> i64 {
+    ingest::now_us()
+}
+
+/// A telemetry frame of `n` readings (values derived from seq so they can be checked).
+pub fn frame(device_id: u64, seq: u64, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let records: Vec<codecs::Record> = (0..n)
+        .map(|i| codecs::Record::new(i as u16 + 1, 0, i as u32, seq as f64 + i as f64 / 1000.0))
+        .collect();
+    codecs::encode_telemetry(
+        &mut out,
+        codecs::FrameMeta {
+            device_id,
+            seq,
+            flags: 0,
+        },
+        now_us() - 1_000_000,
+        &records,
+    )
+    .expect("encode");
+    out
+}
+
+impl Device {
+    /// Connects with `Authorization: Bearer`.
+    pub async fn connect(
+        url: &str,
+        token: &str,
+        id: u64,
+    ) -> Result<Device, tokio_tungstenite::tungstenite::Error> {
+        let mut req = url.into_client_request()?;
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Device {
+            id,
+            ws,
+            buf: Vec::new(),
+        })
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.ws
+            .send(Message::Binary(Bytes::from(bytes)))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a telemetry frame with `n` readings.
+    pub async fn send(&mut self, seq: u64, n: usize) {
+        let f = frame(self.id, seq, n);
+        self.send_raw(f).await;
+    }
+
+    /// Next reply (pings are answered by the library and skipped), within `within`.
+    pub async fn next(&mut self, within: Duration) -> Option<Reply> {
+        loop {
+            let msg = tokio::time::timeout(within, self.ws.next()).await.ok()??;
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => return Some(Reply::Other(e.to_string())),
+            };
+            return Some(match msg {
+                Message::Binary(b) => match codecs::decode(
+                    &b,
+                    codecs::Direction::ServerToDevice,
+                    &codecs::Limits::default(),
+                    now_us(),
+                ) {
+                    Ok(codecs::Frame::Ack { header }) => Reply::Ack(header.seq.get()),
+                    Ok(codecs::Frame::Error { header, body }) => Reply::Error {
+                        seq: header.seq.get(),
+                        reason: body.reason.get(),
+                        expected: body.expected.get(),
+                        found: body.found.get(),
+                    },
+                    other => Reply::Other(format!("{other:?}")),
+                },
+                Message::Close(Some(f)) => Reply::Close(u16::from(f.code), f.reason.to_string()),
+                Message::Close(None) => Reply::Close(u16::from(CloseCode::Status), String::new()),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => Reply::Other(format!("{other:?}")),
+            });
+        }
+    }
+
+    /// Waits for an ack >= `seq` (skipping lower acks); panics on anything else.
+    pub async fn wait_ack(&mut self, seq: u64) -> u64 {
+        loop {
+            match self.next(Duration::from_secs(10)).await {
+                Some(Reply::Ack(a)) if a >= seq => return a,
+                Some(Reply::Ack(_)) => continue,
+                other => panic!("device {}: waiting for ack {seq}, got {other:?}", self.id),
+            }
+        }
+    }
+
+    /// Waits for the close frame, skipping acks and errors; returns its code and reason.
+    pub async fn wait_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next(Duration::from_secs(10)).await {
+                Some(Reply::Close(code, reason)) => return (code, reason),
+                Some(Reply::Ack(_) | Reply::Error { .. }) => continue,
+                other => panic!("device {}: waiting for close, got {other:?}", self.id),
+            }
+        }
+    }
+}
+
+/// Plain HTTP GET returning (status, body) without an HTTP client crate.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
