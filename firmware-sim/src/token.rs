@@ -1,0 +1,117 @@
+//! Device tokens: minted from the server's secret file (the same HS256 format as
+//! `ingest token device`), or read from a file of `DEVICE_ID TOKEN` lines.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+/// Where tokens come from.
+pub enum Tokens {
+    /// Mint on demand.
+    Secret(EncodingKey),
+    /// Fixed per device.
+    File(HashMap<u64, String>),
+}
+
+/// Why tokens are unavailable.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// File unreadable.
+    #[error("{path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A line of the token file is not `DEVICE_ID TOKEN`.
+    #[error("{path}:{line}: expected `DEVICE_ID TOKEN`")]
+    BadLine {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+    },
+    /// No token for a device.
+    #[error("no token for device {0} in the token file")]
+    Missing(u64),
+    /// Minting failed.
+    #[error("cannot mint token: {0}")]
+    Mint(String),
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    iat: u64,
+    iat_ms: u64,
+    jti: String,
+}
+
+impl Tokens {
+    /// Reads the secret file.
+    pub fn from_secret_file(path: &Path) -> Result<Tokens, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TokenError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Tokens::Secret(EncodingKey::from_secret(
+            text.trim().as_bytes(),
+        )))
+    }
+
+    /// Reads a token file.
+    pub fn from_token_file(path: &Path) -> Result<Tokens, TokenError> {
+        let show = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| TokenError::Read {
+            path: show.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut map = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(id), Some(tok), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(TokenError::BadLine {
+                    path: show,
+                    line: i + 1,
+                });
+            };
+            let id: u64 = id.parse().map_err(|_| TokenError::BadLine {
+                path: show.clone(),
+                line: i + 1,
+            })?;
+            map.insert(id, tok.to_string());
+        }
+        Ok(Tokens::File(map))
+    }
+
+    /// The token for a device.
+    pub fn for_device(&self, device_id: u64) -> Result<String, TokenError> {
+        match self {
+            Tokens::File(map) => map
+                .get(&device_id)
+                .cloned()
+                .ok_or(TokenError::Missing(device_id)),
+            Tokens::Secret(key) => {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let sub = format!("device:{device_id}");
+                let claims = Claims {
+                    sub: &sub,
+                    iat: ms / 1000,
+                    iat_ms: ms,
+                    jti: format!("sim-{device_id}-{ms}"),
+                };
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+                    .map_err(|e| TokenError::Mint(e.to_string()))
+            }
+        }
+    }
+}
