@@ -49,7 +49,7 @@
 #define TM_REASON_ZERO_SEQUENCE 0x000Eu /* Sequence number 0 (sequences start at 1). */
 #define TM_REASON_DEVICE_MISMATCH 0x0020u /* Frame device_id differs from the authenticated device (expected: token device, found: frame device). */
 #define TM_REASON_SEQUENCE_TOO_OLD 0x0021u /* Sequence is older than the dedup window, so the server cannot tell if it was stored (expected: lowest accepted, found: seq). */
-#define TM_REASON_RATE_LIMITED 0x0022u /* The device exceeded its frame or reading rate (expected: allowed per second, found: 0). */
+#define TM_REASON_RATE_LIMITED 0x0022u /* The device exceeded its frame or reading rate; the connection is closed with 4029 (expected: allowed per second, found: readings in the refused frame). */
 
 /* Fixed 32-byte header that starts every frame, in both directions. (32 bytes). */
 typedef struct __attribute__((packed)) tm_header {

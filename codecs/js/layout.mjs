@@ -53,7 +53,7 @@ export const Reason = Object.freeze({
   ZERO_SEQUENCE: 0x000e, // Sequence number 0 (sequences start at 1).
   DEVICE_MISMATCH: 0x0020, // Frame device_id differs from the authenticated device (expected: token device, found: frame device).
   SEQUENCE_TOO_OLD: 0x0021, // Sequence is older than the dedup window, so the server cannot tell if it was stored (expected: lowest accepted, found: seq).
-  RATE_LIMITED: 0x0022, // The device exceeded its frame or reading rate (expected: allowed per second, found: 0).
+  RATE_LIMITED: 0x0022, // The device exceeded its frame or reading rate; the connection is closed with 4029 (expected: allowed per second, found: readings in the refused frame).
 });
 
 /** Reason code -> snake_case name (as in metrics and golden vectors). */

@@ -416,7 +416,7 @@ wire_enum! {
         DeviceMismatch = 32,
         /// Sequence is older than the dedup window, so the server cannot tell if it was stored (expected: lowest accepted, found: seq).
         SequenceTooOld = 33,
-        /// The device exceeded its frame or reading rate (expected: allowed per second, found: 0).
+        /// The device exceeded its frame or reading rate; the connection is closed with 4029 (expected: allowed per second, found: readings in the refused frame).
         RateLimited = 34,
     }
 }

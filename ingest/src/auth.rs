@@ -196,10 +196,10 @@ impl Authority {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let claims = data.claims;
-        if let Some(exp) = claims.exp {
-            if now_ms() / 1000 > exp + LEEWAY_S {
-                return Err(AuthError::Expired);
-            }
+        if let Some(exp) = claims.exp
+            && now_ms() / 1000 > exp + LEEWAY_S
+        {
+            return Err(AuthError::Expired);
         }
         if self.is_revoked(&claims) {
             return Err(AuthError::Revoked);

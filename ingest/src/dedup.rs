@@ -122,7 +122,7 @@ impl DedupWindow {
     /// Restores a window saved by [`to_bytes`](Self::to_bytes), resized to `size` (a smaller
     /// window keeps the newest part). `None` if the bytes are malformed.
     pub fn from_bytes(bytes: &[u8], size: u32) -> Option<Self> {
-        if bytes.len() < 8 || (bytes.len() - 8) % 8 != 0 {
+        if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(8) {
             return None;
         }
         let high = u64::from_le_bytes(bytes[..8].try_into().ok()?);

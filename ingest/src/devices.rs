@@ -154,7 +154,9 @@ impl Registry {
                     durable: window,
                     inflight: BTreeSet::new(),
                     max_seen: high,
-                    acked: 0,
+                    // Everything up to the committed high-water mark is stored: the device hears
+                    // it on connect, and re-sent frames <= it are acked again as duplicates.
+                    acked: high,
                     link: None,
                 }))
             })

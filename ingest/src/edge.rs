@@ -44,6 +44,9 @@ use crate::writer::Accepted;
 /// How long one write to a device may take before the connection is considered dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where a frame header's `seq` (u64, little-endian) lies (WIRE.md, `Header`).
+const SEQ_BYTES: std::ops::Range<usize> = 16..24;
+
 /// The socket type of an upgraded device connection.
 pub type DeviceSocket = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -340,7 +343,14 @@ impl Connection {
                 let reason = e.reason();
                 metrics::counter!(m::FRAMES_REFUSED, "reason" => reason.name()).increment(1);
                 let (expected, found) = e.expected_found();
-                let seq = codecs::decode::view(&bytes).map_or(0, |f| f.header().seq.get());
+                // The refused frame's `seq` whenever a whole header arrived, even if the type or
+                // payload shape is wrong (WIRE.md: 0 only if the header could not be read), so the
+                // device can drop that frame from its buffer.
+                let seq = bytes
+                    .get(SEQ_BYTES)
+                    .filter(|_| bytes.len() >= codecs::Header::SIZE)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_le_bytes);
                 let rejected = bytes.get(3).copied().unwrap_or(0);
                 debug!(%e, seq, "frame refused");
                 if self
@@ -456,7 +466,9 @@ impl Connection {
         loop {
             let (pending, acked) = {
                 let s = self.device.lock();
-                (!s.inflight.is_empty(), s.acked)
+                // `ack_value`, not only `acked`: the writer marks frames committed before it
+                // publishes their ack, so between the two `acked` is stale.
+                (!s.inflight.is_empty(), s.ack_value().max(s.acked))
             };
             if !pending {
                 let latest = *self.acks.borrow_and_update();

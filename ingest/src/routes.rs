@@ -143,10 +143,10 @@ fn bearer(headers: &http::HeaderMap, query: &str) -> Result<String, AuthError> {
         };
     }
     for pair in query.split('&') {
-        if let Some(t) = pair.strip_prefix("token=") {
-            if !t.is_empty() {
-                return Ok(t.to_string());
-            }
+        if let Some(t) = pair.strip_prefix("token=")
+            && !t.is_empty()
+        {
+            return Ok(t.to_string());
         }
     }
     Err(AuthError::Missing)
@@ -195,6 +195,22 @@ fn device_upgrade(
             "server is shutting down",
         );
     }
+    // Rate first: refusing a flood must not cost a signature check per attempt.
+    if !app.connect_rate.check(addr.ip()) {
+        metrics::counter!(m::RATE_LIMITED, "limit" => "connect_rate_per_ip").increment(1);
+        let mut r = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "connect_rate_limited",
+            format!(
+                "more than {} new connections per second from {}",
+                app.config.connect_rate_per_ip,
+                addr.ip()
+            ),
+        );
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        return r;
+    }
     let (device_id, claims) =
         match bearer(&headers, &query).and_then(|t| app.authority.verify_device(&t)) {
             Ok(ok) => ok,
@@ -211,23 +227,6 @@ fn device_upgrade(
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
         );
     };
-    if !app.connect_rate.check(addr.ip()) {
-        metrics::counter!(m::RATE_LIMITED, "limit" => "connect_rate_per_ip").increment(1);
-        let mut r = json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "connect_rate_limited",
-            format!(
-                "more than {} new connections per second from {}",
-                app.config.connect_rate_per_ip,
-                addr.ip()
-            ),
-        );
-        r.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-        return r;
-    }
     let Some(slot) = app.connections.try_acquire() else {
         metrics::counter!(m::RATE_LIMITED, "limit" => "max_connections").increment(1);
         let mut r = json_error(

@@ -291,13 +291,13 @@ fn spawn_jobs(app: Arc<App>) -> Vec<tokio::task::JoinHandle<()>> {
 fn evict_revoked(app: &App) {
     for (_, device) in app.registry.connected() {
         let state = device.lock();
-        if let Some(link) = &state.link {
-            if app.authority.is_revoked(&link.claims) {
-                if let Ok(mut why) = link.evicted.lock() {
-                    *why = Some(Eviction::Revoked);
-                }
-                link.close.cancel();
+        if let Some(link) = &state.link
+            && app.authority.is_revoked(&link.claims)
+        {
+            if let Ok(mut why) = link.evicted.lock() {
+                *why = Some(Eviction::Revoked);
             }
+            link.close.cancel();
         }
     }
 }

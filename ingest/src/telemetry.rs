@@ -53,6 +53,22 @@ const COMMIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
 ];
 
+/// Unlabelled counters exported (at 0) before their first event.
+const ZERO_COUNTERS: &[&str] = &[
+    CONNECTIONS_OPENED,
+    FRAMES_ACCEPTED,
+    READINGS_ACCEPTED,
+    FRAMES_DUPLICATE,
+    ACKS_SENT,
+    ZOMBIES_CULLED,
+    IDLE_CLOSED,
+    ROWS_STORED,
+    COMMIT_ERRORS,
+    RETENTION_DELETED,
+];
+/// Gauges exported (at 0) before their first update.
+const ZERO_GAUGES: &[&str] = &[CONNECTIONS, QUEUE_FRAMES, QUEUE_BYTES];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns the handle that renders `/metrics`.
@@ -77,6 +93,14 @@ pub fn handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Fails only if another recorder was installed first (an embedding program's).
             let _ = metrics::set_global_recorder(recorder);
+            // Export the unlabelled series at 0 from the start: a series that only appears with
+            // its first event hides that event from `rate()`/`increase()` and from alerts.
+            for name in ZERO_COUNTERS {
+                metrics::counter!(*name).increment(0);
+            }
+            for name in ZERO_GAUGES {
+                metrics::gauge!(*name).increment(0.0);
+            }
             handle
         })
         .clone()

@@ -17,8 +17,9 @@
 //! Device ids and sequence numbers are stored as the same 64 bits in a signed INTEGER
 //! (`id as i64`); NaN values are stored as NULL.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +49,14 @@ const DELETE_CHUNK_ROWS: u64 = 10_000;
 const DELETE_CHUNK_TIME: Duration = Duration::from_millis(50);
 /// Page cache of the writer connection, KiB: holds the hot right edge of every series' index.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// The writer checkpoints after a commit that leaves this many pages in the WAL (128 MiB of
+/// 4 KiB pages). The background checkpointer has copied most of them by then, so this mostly
+/// lets the WAL restart from its beginning; it bounds the WAL if the background copy lags.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 32_768;
+/// How often the background checkpointer copies committed WAL pages into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// Page cache of the checkpoint connection, KiB (it reads pages from the WAL, not the cache).
+const CHECKPOINTER_CACHE_KIB: i64 = 1024;
 /// Page cache of each read connection, KiB.
 const READER_CACHE_KIB: i64 = 16 * 1024;
 
@@ -119,6 +128,13 @@ pub const MIGRATIONS: &[&str] = &[
 
 const INSERT_READING: &str = "INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// Readings inserted by one execution of [`INSERT_READINGS`]: fewer statement steps per row.
+const INSERT_ROWS_PER_STATEMENT: usize = 32;
+/// `INSERT_READING` with [`INSERT_ROWS_PER_STATEMENT`] rows of values.
+static INSERT_READINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let values = vec!["(?, ?, ?, ?, ?, ?)"; INSERT_ROWS_PER_STATEMENT].join(", ");
+    format!("INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) VALUES {values}")
+});
 const UPSERT_LATEST: &str = "INSERT INTO latest (device_id, channel, ts_us, value, quality) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (device_id, channel) DO UPDATE SET \
      ts_us = excluded.ts_us, value = excluded.value, quality = excluded.quality \
@@ -142,6 +158,7 @@ const DELETE_SERIES_CHUNK: &str = "DELETE FROM readings WHERE rowid IN (SELECT r
 const RANGE: &str = "SELECT ts_us, seq, quality, value FROM readings \
      WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
      ORDER BY ts_us, seq LIMIT ?5";
+/// `?3` is the later of `from_us` and the cursor's time, so the index scan starts at the cursor.
 const RANGE_AFTER: &str = "SELECT ts_us, seq, quality, value FROM readings \
      WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
      AND (ts_us, seq) > (?6, ?7) ORDER BY ts_us, seq LIMIT ?5";
@@ -228,8 +245,15 @@ impl SqliteStore {
             reason,
         };
         let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        if let Ok(v) = std::env::var("X_PAGE") {
+            conn.pragma_update(None, "page_size", v.parse::<i64>().unwrap())
+                .unwrap();
+        }
         configure_writer(&conn, options.synchronous).map_err(open_error)?;
         migrate(&mut conn).map_err(open_error)?;
+        let checkpointer = Connection::open(path)
+            .and_then(|c| configure_checkpointer(&c, options.synchronous).map(|()| c))
+            .map_err(|e| open_error(format!("checkpoint connection: {e}")))?;
         let mut conns = Vec::with_capacity(options.read_connections.max(1));
         for _ in 0..options.read_connections.max(1) {
             conns.push(open_reader(path).map_err(|e| open_error(format!("read connection: {e}")))?);
@@ -242,11 +266,13 @@ impl SqliteStore {
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
+                let checkpointer = Checkpointer::spawn(checkpointer);
                 Writer {
                     conn,
                     deletes: VecDeque::new(),
                 }
-                .run(receiver)
+                .run(receiver);
+                checkpointer.stop();
             })
             .map_err(|e| open_error(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
@@ -294,11 +320,15 @@ impl SqliteStore {
     }
 }
 
-fn configure_writer(conn: &Connection, synchronous: Synchronous) -> Result<(), String> {
-    let level = match synchronous {
+fn synchronous_level(synchronous: Synchronous) -> &'static str {
+    match synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
-    };
+    }
+}
+
+fn configure_writer(conn: &Connection, synchronous: Synchronous) -> Result<(), String> {
+    let level = synchronous_level(synchronous);
     let mode: String = conn
         .busy_timeout(BUSY_TIMEOUT)
         .and_then(|()| conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)))
@@ -309,7 +339,22 @@ fn configure_writer(conn: &Connection, synchronous: Synchronous) -> Result<(), S
     conn.pragma_update(None, "synchronous", level)
         .and_then(|()| conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB))
         .and_then(|()| conn.pragma_update(None, "temp_store", "MEMORY"))
-        .map_err(|e| format!("cannot configure the connection: {e}"))
+        .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES))
+        .map_err(|e| format!("cannot configure the connection: {e}"))?;
+    // EXPERIMENT
+    if let Ok(v) = std::env::var("X_CKPT") {
+        conn.pragma_update(None, "wal_autocheckpoint", v.parse::<i64>().unwrap())
+            .unwrap();
+    }
+    if let Ok(v) = std::env::var("X_SYNC") {
+        conn.pragma_update(None, "synchronous", v).unwrap();
+    }
+    Ok(())
+}
+
+fn configure_checkpointer(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", synchronous_level(synchronous))?;
+    conn.pragma_update(None, "cache_size", -CHECKPOINTER_CACHE_KIB)
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
@@ -362,6 +407,45 @@ fn to_sql(value: f64) -> Option<f64> {
 
 fn from_sql(value: Option<f64>) -> f64 {
     value.unwrap_or(f64::NAN)
+}
+
+/// A thread copying committed WAL pages into the database file (`wal_checkpoint(PASSIVE)`,
+/// which waits for nobody), so the writer's own checkpoints are short.
+struct Checkpointer {
+    /// Dropped to stop the thread.
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(conn: Connection) -> Checkpointer {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let run = move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+                if std::env::var_os("X_NOBG").is_some() {
+                    continue;
+                }
+                let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                if let Err(e) = copied {
+                    // Harmless: the writer's checkpoint still bounds the WAL.
+                    tracing::debug!(error = %e, "background checkpoint failed");
+                }
+            }
+        };
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(run)
+            .inspect_err(|e| tracing::warn!(error = %e, "no background checkpointer thread"))
+            .ok();
+        Checkpointer { stop, thread }
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        if let Some(thread) = self.thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The writer thread's state.
@@ -475,32 +559,31 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()
     if batch.rows.is_empty() && batch.dedup.is_empty() && batch.last_seen.is_empty() {
         return Ok(());
     }
+    // In index order, so consecutive inserts land on the same index page; the last row of each
+    // series is its newest (stable sort: of equal (ts_us, seq), the later in the batch).
+    let mut rows: Vec<&Row> = batch.rows.iter().collect();
+    rows.sort_by_key(|r| (r.device_id as i64, r.channel, r.ts_us, r.seq as i64));
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
-        // The newest row of each series in this batch (later rows win ties): one upsert per
-        // series instead of one per row.
-        let mut newest: HashMap<(u64, u16), &Row> = HashMap::with_capacity(64);
+        let mut chunks = rows.chunks_exact(INSERT_ROWS_PER_STATEMENT);
+        let mut insert = tx.prepare_cached(&INSERT_READINGS)?;
+        for chunk in &mut chunks {
+            for (i, row) in chunk.iter().enumerate() {
+                bind_reading(&mut insert, i * 6, row)?;
+            }
+            insert.raw_execute()?;
+        }
         let mut insert = tx.prepare_cached(INSERT_READING)?;
-        for row in &batch.rows {
-            insert.execute((
-                row.device_id as i64,
-                row.channel,
-                row.ts_us,
-                row.seq as i64,
-                row.quality,
-                to_sql(row.value),
-            ))?;
-            newest
-                .entry((row.device_id, row.channel))
-                .and_modify(|cur| {
-                    if (row.ts_us, row.seq) >= (cur.ts_us, cur.seq) {
-                        *cur = row;
-                    }
-                })
-                .or_insert(row);
+        for row in chunks.remainder() {
+            bind_reading(&mut insert, 0, row)?;
+            insert.raw_execute()?;
         }
         let mut latest = tx.prepare_cached(UPSERT_LATEST)?;
-        for row in newest.values() {
+        let newest = rows.iter().enumerate().filter(|&(i, r)| {
+            rows.get(i + 1)
+                .is_none_or(|n| (n.device_id, n.channel) != (r.device_id, r.channel))
+        });
+        for (_, row) in newest {
             latest.execute((
                 row.device_id as i64,
                 row.channel,
@@ -519,6 +602,20 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()
         }
     }
     tx.commit()
+}
+
+/// Binds `row` to parameters `first + 1 ..= first + 6` of an insert into readings.
+fn bind_reading(
+    insert: &mut rusqlite::Statement<'_>,
+    first: usize,
+    row: &Row,
+) -> rusqlite::Result<()> {
+    insert.raw_bind_parameter(first + 1, row.device_id as i64)?;
+    insert.raw_bind_parameter(first + 2, row.channel)?;
+    insert.raw_bind_parameter(first + 3, row.ts_us)?;
+    insert.raw_bind_parameter(first + 4, row.seq as i64)?;
+    insert.raw_bind_parameter(first + 5, row.quality)?;
+    insert.raw_bind_parameter(first + 6, to_sql(row.value))
 }
 
 /// A `delete_older_than` in progress: series by series through the index, in chunks.
@@ -736,7 +833,8 @@ impl Store for SqliteStore {
                         .collect()
                 }),
                 Some((ts_us, seq)) => conn.prepare_cached(RANGE_AFTER).and_then(|mut s| {
-                    s.query_map((d, c, q.from_us, q.to_us, limit, ts_us, seq as i64), map)?
+                    let from_us = q.from_us.max(ts_us);
+                    s.query_map((d, c, from_us, q.to_us, limit, ts_us, seq as i64), map)?
                         .collect()
                 }),
             };

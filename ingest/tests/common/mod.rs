@@ -292,3 +292,197 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         .unwrap_or_default();
     (status, body)
 }
+
+// ---- Edge test support (added for tests/edge_*.rs) ----
+
+impl Device {
+    /// Connects without an `Authorization` header (the token, if any, is in `url`).
+    pub async fn connect_url(
+        url: &str,
+        id: u64,
+    ) -> Result<Device, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Device {
+            id,
+            ws,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one binary message; `false` if the connection is already gone.
+    pub async fn try_send_raw(&mut self, bytes: Vec<u8>) -> bool {
+        self.ws
+            .send(Message::Binary(Bytes::from(bytes)))
+            .await
+            .is_ok()
+    }
+
+    /// Like [`Device::next`], but reports pings (the library still answers them on the next read).
+    pub async fn next_with_pings(&mut self, within: Duration) -> Option<Reply> {
+        let msg = tokio::time::timeout(within, self.ws.next()).await.ok()??;
+        Some(match msg {
+            Ok(Message::Ping(_)) => Reply::Ping,
+            Ok(Message::Close(Some(f))) => Reply::Close(u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Binary(b)) => match codecs::decode(
+                &b,
+                codecs::Direction::ServerToDevice,
+                &codecs::Limits::default(),
+                now_us(),
+            ) {
+                Ok(codecs::Frame::Ack { header }) => Reply::Ack(header.seq.get()),
+                other => Reply::Other(format!("{other:?}")),
+            },
+            other => Reply::Other(format!("{other:?}")),
+        })
+    }
+}
+
+/// An HTTP response read off a raw socket.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON; panics with the body if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {:?}",
+                self.status, self.body
+            )
+        })
+    }
+}
+
+/// Sends a well-formed WebSocket upgrade request for `path` (with `headers` added) on a raw
+/// socket. Returns the response (with its body when it is not a 101) and the socket, which a 101
+/// leaves open as a WebSocket that this side never reads or answers unless the caller does.
+pub async fn ws_upgrade(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (HttpReply, TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).await.expect("read head");
+            assert!(n > 0, "connection closed before the response head: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut body = buf[head_end..].to_vec();
+        if status != 101 {
+            let len = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok())
+                .expect("content-length on a refusal");
+            while body.len() < len {
+                let n = s.read(&mut chunk).await.expect("read body");
+                assert!(n > 0, "connection closed in the body");
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        HttpReply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).to_string(),
+        }
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("upgrade response within 5s");
+    (reply, s)
+}
+
+/// Reads a raw socket until the peer closes it (or `within` passes) and returns every byte.
+pub async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, s.read_to_end(&mut out)).await;
+    out
+}
+
+/// Splits unmasked server-to-client WebSocket frames into (opcode, payload).
+pub fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 2 {
+        let opcode = bytes[0] & 0x0f;
+        let (len, start) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => (
+                u64::from_be_bytes(bytes[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            ),
+            n if n < 126 => (n as usize, 2),
+            _ => break,
+        };
+        let Some(payload) = bytes.get(start..start + len) else {
+            break;
+        };
+        out.push((opcode, payload.to_vec()));
+        bytes = &bytes[start + len..];
+    }
+    out
+}
+
+/// The body of `GET /metrics`.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    let (status, body) = http_get(addr, "/metrics", &[]).await;
+    assert_eq!(status, 200, "/metrics: {body}");
+    body
+}
+
+/// Sum of the samples of `name` whose labels include `labels` (0 when there is none).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(series, value)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if n != name {
+                return None;
+            }
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            all.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

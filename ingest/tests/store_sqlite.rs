@@ -1,0 +1,500 @@
+//! The embedded SQLite store: the store conformance suite, plus what only SQLite has (a file that
+//! is closed, reopened, migrated, shared with another process, killed mid-write).
+//!
+//! Throughput: `cargo test --release -p ingest --test store_sqlite -- --ignored --nocapture write_throughput`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ingest::dedup::DedupWindow;
+use ingest::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore, Synchronous};
+use ingest::store::{RangeQuery, Revocation, Row, Store, StoreError, WriteBatch, conformance};
+
+fn open(dir: &Path) -> SqliteStore {
+    SqliteStore::open(&dir.join(DB_FILE), SqliteOptions::default()).expect("open store")
+}
+
+fn reading(device_id: u64, channel: u16, ts_us: i64, seq: u64) -> Row {
+    Row {
+        device_id,
+        seq,
+        channel,
+        quality: 0,
+        ts_us,
+        value: ts_us as f64 * 0.5,
+    }
+}
+
+/// One frame per device with `channels` readings each, plus the devices' dedup windows.
+fn frames_batch(devices: u64, frames: u64, channels: u16, first_seq: u64) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    for d in 0..devices {
+        let mut window = DedupWindow::new(1024);
+        for f in 0..frames {
+            let seq = first_seq + f;
+            window.insert(seq);
+            for c in 0..channels {
+                batch
+                    .rows
+                    .push(reading(d + 1, c, seq as i64 * 1_000_000, seq));
+            }
+        }
+        batch.dedup.push((d + 1, window));
+        batch
+            .last_seen
+            .push((d + 1, (first_seq + frames) as i64 * 1_000_000));
+    }
+    batch
+}
+
+async fn series(store: &dyn Store, device_id: u64, channel: u16) -> Vec<Row> {
+    let q = RangeQuery {
+        device_id,
+        channel,
+        from_us: i64::MIN,
+        to_us: i64::MAX,
+        after: None,
+        limit: u32::MAX,
+    };
+    store.range(q).await.expect("range")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_passes_the_conformance_suite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    conformance::run_all(&store).await;
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn committed_data_survives_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    store
+        .write_batch(frames_batch(3, 4, 2, 10))
+        .await
+        .expect("write");
+    let revocation = Revocation {
+        subject: "device:9".into(),
+        issued_before_s: 77,
+    };
+    store.revoke(revocation.clone()).await.expect("revoke");
+    store.close().await.expect("close");
+
+    let store = open(dir.path());
+    assert_eq!(
+        series(&store, 2, 1).await.len(),
+        4,
+        "readings of device 2 channel 1"
+    );
+    let window = store
+        .dedup_window(3, 1024)
+        .await
+        .expect("dedup")
+        .expect("window of device 3");
+    assert_eq!(window.high_water(), 13);
+    assert_eq!(store.latest(1).await.expect("latest").len(), 2);
+    assert_eq!(
+        store.revocations().await.expect("revocations"),
+        vec![revocation]
+    );
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn failed_batch_leaves_no_reading_window_or_last_seen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    store
+        .write_batch(frames_batch(1, 1, 1, 1))
+        .await
+        .expect("first batch");
+    // Another connection makes the schema refuse device 666's dedup window, which is written
+    // after its readings in the same transaction.
+    let sql = rusqlite::Connection::open(dir.path().join(DB_FILE)).expect("raw connection");
+    sql.execute_batch(
+        "CREATE TRIGGER refuse_666 BEFORE INSERT ON dedup WHEN NEW.device_id = 666 \
+         BEGIN SELECT RAISE(ABORT, 'refused by test'); END;",
+    )
+    .expect("create trigger");
+
+    let mut batch = frames_batch(1, 1, 1, 2); // device 1: would move forward
+    batch.rows.push(reading(666, 0, 5, 1));
+    batch.dedup.push((666, DedupWindow::new(64)));
+    batch.last_seen.push((666, 5));
+    match store.write_batch(batch.clone()).await {
+        Err(StoreError::Database(reason)) => {
+            assert!(reason.contains("refused by test"), "{reason}")
+        }
+        other => panic!("expected the batch to fail, got {other:?}"),
+    }
+    assert!(
+        series(&store, 666, 0).await.is_empty(),
+        "readings of a failed batch are rolled back"
+    );
+    assert_eq!(
+        series(&store, 1, 0).await.len(),
+        1,
+        "the whole batch is rolled back, other devices too"
+    );
+    assert_eq!(
+        store
+            .dedup_window(1, 1024)
+            .await
+            .expect("dedup")
+            .map(|w| w.high_water()),
+        Some(1)
+    );
+    assert!(store.latest(666).await.expect("latest").is_empty());
+    assert!(
+        store
+            .devices()
+            .await
+            .expect("devices")
+            .iter()
+            .all(|d| d.device_id != 666)
+    );
+
+    sql.execute_batch("DROP TRIGGER refuse_666")
+        .expect("drop trigger");
+    store
+        .write_batch(batch)
+        .await
+        .expect("the same batch commits once allowed");
+    assert_eq!(series(&store, 666, 0).await.len(), 1);
+    assert_eq!(
+        store
+            .dedup_window(1, 1024)
+            .await
+            .expect("dedup")
+            .map(|w| w.high_water()),
+        Some(2)
+    );
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn reopening_migrates_once_and_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(DB_FILE);
+    for _ in 0..3 {
+        let store = open(dir.path());
+        store
+            .write_batch(frames_batch(1, 1, 1, 1))
+            .await
+            .expect("write");
+        store.close().await.expect("close");
+    }
+    let sql = rusqlite::Connection::open(&path).expect("raw connection");
+    let version: i64 = sql
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, ingest::store::sqlite::MIGRATIONS.len() as i64);
+    let rows: i64 = sql
+        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(rows, 3, "data kept across reopenings");
+    let mode: String = sql
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+
+    sql.pragma_update(None, "user_version", 99)
+        .expect("set version");
+    drop(sql);
+    match SqliteStore::open(&path, SqliteOptions::default()) {
+        Err(StoreError::Open { reason, .. }) => {
+            assert!(
+                reason.contains("99") && reason.contains("newer"),
+                "unclear reason: {reason}"
+            )
+        }
+        Err(other) => panic!("expected StoreError::Open, got {other:?}"),
+        Ok(_) => panic!("a newer schema must be refused"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_whole_batches_while_the_writer_commits() {
+    const BATCHES: u64 = 40;
+    const ROWS: u64 = 500;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(open(dir.path()));
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let rows = (0..ROWS)
+                    .map(|i| reading(7, 0, (b * ROWS + i) as i64, b))
+                    .collect();
+                store
+                    .write_batch(WriteBatch {
+                        rows,
+                        ..WriteBatch::default()
+                    })
+                    .await
+                    .expect("write");
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let store = store.clone();
+        readers.push(tokio::spawn(async move {
+            let mut last = 0;
+            let mut reads = 0;
+            while last < (BATCHES * ROWS) as usize {
+                let n = series(store.as_ref(), 7, 0).await.len();
+                assert_eq!(
+                    n % ROWS as usize,
+                    0,
+                    "a read saw part of a batch ({n} rows)"
+                );
+                assert!(n >= last, "rows went from {last} to {n}");
+                last = n;
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    writer.await.expect("writer task");
+    for r in readers {
+        assert!(r.await.expect("reader task") > 0);
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_across_chunks_and_series() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    // 25_000 old readings in one series (three chunks), 300 in others, and newer ones.
+    let mut rows: Vec<Row> = (0..25_000).map(|i| reading(1, 0, i, i as u64)).collect();
+    rows.extend((0..300).map(|i| reading(2, (i % 3) as u16, i, i as u64)));
+    rows.extend((0..100).map(|i| reading(1, 0, 1_000_000 + i, i as u64)));
+    store
+        .write_batch(WriteBatch {
+            rows,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    let deleted = store.delete_older_than(1_000_000).await.expect("delete");
+    assert_eq!(deleted, 25_300);
+    assert_eq!(series(&store, 1, 0).await.len(), 100);
+    assert!(series(&store, 2, 1).await.is_empty());
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn revocation_written_by_another_open_store_is_seen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = open(dir.path());
+    server
+        .write_batch(frames_batch(2, 2, 2, 1))
+        .await
+        .expect("write");
+    // What `ingest token revoke` does while the server runs.
+    let cli = open(dir.path());
+    let revocation = Revocation {
+        subject: "device:2".into(),
+        issued_before_s: 1_700_000_000,
+    };
+    cli.revoke(revocation.clone())
+        .await
+        .expect("revoke from the second store");
+    cli.close().await.expect("close cli");
+    assert_eq!(
+        server.revocations().await.expect("revocations"),
+        vec![revocation]
+    );
+    server
+        .write_batch(frames_batch(2, 2, 2, 3))
+        .await
+        .expect("server still writes");
+    server.ping().await.expect("ping");
+    server.close().await.expect("close");
+}
+
+/// Environment variable naming the database the kill -9 child writes to.
+const CHILD_DB: &str = "TELEMUX_STORE_KILL9_DB";
+/// Readings per batch of the kill -9 child.
+const CHILD_ROWS: u64 = 500;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_batches_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(DB_FILE);
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "kill9_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DB, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut acked = 0;
+    while acked < 30 {
+        let line = lines
+            .next()
+            .expect("child ended early")
+            .expect("read child");
+        if let Some(n) = line.strip_prefix("acked ") {
+            acked = n.parse().expect("batch number");
+        }
+    }
+    child.kill().expect("kill -9"); // SIGKILL on Unix
+    child.wait().expect("reap child");
+    for line in lines {
+        if let Some(n) = line.expect("read child").strip_prefix("acked ") {
+            acked = n.parse().expect("batch number");
+        }
+    }
+
+    let store = SqliteStore::open(
+        &path,
+        SqliteOptions {
+            synchronous: Synchronous::Normal,
+            ..Default::default()
+        },
+    )
+    .expect("reopen after kill");
+    let rows = series(&store, 42, 0).await;
+    let stored = rows.len() as u64 / CHILD_ROWS;
+    assert_eq!(
+        rows.len() as u64 % CHILD_ROWS,
+        0,
+        "a batch was stored in part"
+    );
+    assert!(stored >= acked, "{acked} batches acked, {stored} stored");
+    let window = store
+        .dedup_window(42, 1024)
+        .await
+        .expect("dedup")
+        .expect("window");
+    assert_eq!(
+        window.high_water(),
+        stored,
+        "dedup window committed with exactly its readings"
+    );
+    store.close().await.expect("close");
+}
+
+/// Child process of `acked_batches_survive_kill_9`: writes batches forever, printing each ack.
+#[tokio::test]
+#[ignore = "child process of acked_batches_survive_kill_9"]
+async fn kill9_child() {
+    use std::io::Write;
+    let Some(path) = std::env::var_os(CHILD_DB) else {
+        return;
+    };
+    let options = SqliteOptions {
+        synchronous: Synchronous::Normal,
+        ..Default::default()
+    };
+    let store = SqliteStore::open(Path::new(&path), options).expect("open");
+    let mut window = DedupWindow::new(1024);
+    for seq in 1.. {
+        window.insert(seq);
+        let rows = (0..CHILD_ROWS)
+            .map(|i| reading(42, 0, (seq * CHILD_ROWS + i) as i64, seq))
+            .collect();
+        let batch = WriteBatch {
+            rows,
+            dedup: vec![(42, window.clone())],
+            last_seen: vec![(42, seq as i64)],
+        };
+        store.write_batch(batch).await.expect("write");
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "acked {seq}")
+            .and_then(|()| out.flush())
+            .expect("stdout");
+    }
+}
+
+/// Rows/s of `write_batch` with 10k-row batches; run with `--release --ignored --nocapture`.
+/// Timed after a warm-up, so every series already has more rows than an index page holds (each
+/// commit then rewrites one index page per series, as in a long-running server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput measurement"]
+async fn write_throughput() {
+    const WARM_UP: u64 = 30;
+    const TIMED: u64 = 100;
+    for synchronous in [Synchronous::Normal, Synchronous::Full] {
+        // (devices, frames per device, channels per frame) per 10k-row batch
+        for (devices, frames, channels) in shapes() {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let options = SqliteOptions {
+                synchronous,
+                ..Default::default()
+            };
+            let store = SqliteStore::open(&dir.path().join(DB_FILE), options).expect("open");
+            let mut batches = (0..WARM_UP + TIMED)
+                .map(|b| frames_batch(devices, frames, channels, 1 + b * frames));
+            for batch in batches.by_ref().take(WARM_UP as usize) {
+                store.write_batch(batch).await.expect("write");
+            }
+            let batches: Vec<WriteBatch> = batches.collect();
+            let rows: usize = batches.iter().map(|b| b.rows.len()).sum();
+            let cpu_before = thread_cpu_secs("sqlite-writer");
+            let started = Instant::now();
+            for batch in batches {
+                store.write_batch(batch).await.expect("write");
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = thread_cpu_secs("sqlite-writer") - cpu_before;
+            println!(
+                "synchronous={synchronous:?} {devices} devices x {frames} frames x {channels} channels: \
+                 {rows} rows in {secs:.2}s = {:.0} rows/s ({:.0} rows per writer CPU second)",
+                rows as f64 / secs,
+                rows as f64 / cpu
+            );
+            store.close().await.expect("close");
+        }
+    }
+}
+
+fn shapes() -> Vec<(u64, u64, u16)> {
+    match std::env::var("X_SHAPE").as_deref() {
+        Ok("big") => vec![(1_000, 2, 5)],
+        Ok("small") => vec![(100, 10, 10)],
+        _ => vec![(100, 10, 10), (1_000, 2, 5)],
+    }
+}
+
+/// CPU time (user + system) of this process's threads named `name`, from /proc (Linux).
+fn thread_cpu_secs(name: &str) -> f64 {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after_name.split(' ').collect();
+        // utime and stime are fields 14 and 15 of stat; 12 and 13 after "pid (comm) ".
+        ticks += fields
+            .get(11)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+        ticks += fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ticks as f64 / 100.0 // USER_HZ
+}
