@@ -275,6 +275,7 @@ impl<'a> Frame<'a> {
     }
 
     /// The readings of a device frame, expanded to one shape; empty for other frames.
+    #[inline]
     pub fn readings(&self) -> Readings<'a> {
         match *self {
             Frame::Telemetry { base, records, .. } => Readings::Telemetry {
@@ -315,6 +316,7 @@ pub enum Readings<'a> {
 impl Iterator for Readings<'_> {
     type Item = Reading;
 
+    #[inline]
     fn next(&mut self) -> Option<Reading> {
         match self {
             Readings::Telemetry { base, records } => records.next().map(|r| Reading {
@@ -504,22 +506,30 @@ fn finite_required(channel: u16, quality: u16) -> bool {
     channel < RAW_CHANNEL_MIN && quality & Quality::Fault.wire() == 0
 }
 
-/// One branch-free pass over the records (finite values, largest offset); the slow path only
-/// runs to name the first offending record.
+/// One branch-free pass over the records that only asks "is any value NaN or infinite?" and
+/// "is any reading later than the window?", with adds, ands, ors and subtractions only (no
+/// compares or branches per record, so it vectorizes); the exact per-record rules run only when
+/// that pass finds something, to accept a raw-channel or FAULT value or name the first offender.
 fn check_records(
     base: i64,
     records: &[Record],
     limits: &Limits,
     now_us: i64,
 ) -> Result<(), DecodeError> {
-    let mut bad = false;
-    let mut max_offset = 0u32;
+    const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
+    let (min_us, max_us) = window(limits, now_us);
+    // Largest offset with base + offset <= max_us; -1 when there is none, which also keeps the
+    // subtraction below from overflowing (offsets are 0..=u32::MAX).
+    let max_offset = max_us.saturating_sub(base).max(-1);
+    let mut non_finite = 0u64;
+    let mut late = 0i64;
     for r in records {
-        let nf = non_finite_f64(r.value.get().to_bits());
-        bad |= nf & finite_required(r.channel.get(), r.quality.get());
-        max_offset = max_offset.max(r.offset_us.get());
+        // Bit 63 ends up set iff all exponent bits are set (NaN or infinite).
+        non_finite |= (r.value.get().to_bits() & EXPONENT).wrapping_add(1 << 52);
+        // Negative iff base + offset > max_us.
+        late |= max_offset - i64::from(r.offset_us.get());
     }
-    if bad {
+    if non_finite >> 63 != 0 {
         for (i, r) in records.iter().enumerate() {
             if non_finite_f64(r.value.get().to_bits())
                 && finite_required(r.channel.get(), r.quality.get())
@@ -531,8 +541,7 @@ fn check_records(
             }
         }
     }
-    let (min_us, max_us) = window(limits, now_us);
-    if base < min_us || base.saturating_add(i64::from(max_offset)) > max_us {
+    if base < min_us || late < 0 {
         for (i, r) in records.iter().enumerate() {
             let ts_us = base.saturating_add(i64::from(r.offset_us.get()));
             if ts_us < min_us || ts_us > max_us {
