@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""End-to-end benchmarks: the real `ingest` server and `firmware-sim`, on 127.0.0.1 only.
+
+Scenarios (each bounded in time, everything stops by itself):
+  throughput   sustained acked readings/s at 1k and 10k devices (offered load above capacity,
+               so TCP backpressure sets the pace), side by side with a bare loop of prepared
+               inserts into the same schema (`ingest/examples/bare_insert.rs`), same sync mode.
+  latency      ack latency p50/p99 at half the 1k-device maximum.
+  rss          server RSS per idle device connection at 10k and 50k connections (from /proc).
+
+Usage: python3 bench/e2e.py [--quick] [--scenarios throughput,latency,rss] [--write BENCHMARKS.md]
+Builds release binaries first. Prints Markdown tables; --write replaces the section between
+the `<!-- e2e:begin -->` and `<!-- e2e:end -->` markers of the given file.
+"""
+import argparse, json, os, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except ValueError:
+        pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Server:
+    def __init__(self, sync="full", extra=()):
+        self.dir = tempfile.mkdtemp(prefix="telemux-bench-")
+        self.port = free_port()
+        args = [os.path.join(REL, "ingest"), "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.dir,
+                "--sqlite-synchronous", sync, "--connect-rate-per-ip", "100000", "--connect-burst-per-ip", "100000",
+                "--max-connections", "200000", "--ping-interval", "30s", "--idle-timeout", "1h", *extra]
+        env = dict(os.environ, RUST_LOG="warn")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "server.log"), "w"), env=env)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url("/healthz"), timeout=1).read(); break
+            except Exception:
+                time.sleep(0.1)
+        else:
+            self.stop(); raise RuntimeError("server did not start")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def metric(self, name):
+        text = urllib.request.urlopen(self.url("/metrics"), timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill(); self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sim(server, devices, rate, readings, duration, extra=(), wait=True):
+    out = os.path.join(server.dir, f"sim-{devices}-{rate}.json")
+    args = [os.path.join(REL, "firmware-sim"), "--url", f"ws://127.0.0.1:{server.port}", "--secret-file",
+            os.path.join(server.dir, "token-secret"), "--devices", str(devices), "--rate", str(rate),
+            "--readings", str(readings), "--duration", duration, "--json", out, "--quiet", "--ramp", "5000", *extra]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not wait:
+        return p, out
+    p.wait()
+    with open(out) as f:
+        return json.load(f)
+
+
+def bare_insert(rows, batch, sync):
+    r = subprocess.run([os.path.join(REL, "examples", "bare_insert"), str(rows), str(batch), sync], capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def throughput(q):
+    rows = []
+    dur = "10s" if q else "20s"
+    for devices, rate, readings in [(1000, 50, 64), (10000, 5, 64)]:
+        for sync in ["full", "normal"]:
+            s = Server(sync)
+            try:
+                r = sim(s, devices, rate, readings, dur)
+            finally:
+                s.stop()
+            bare = bare_insert(int(min(max(r["readings_acked"], 500_000), 4_000_000)), 8192, sync)
+            e2e = r["readings_acked_per_s"]
+            rows.append((devices, sync, devices * rate * readings, e2e, bare["rows_per_s"], e2e / bare["rows_per_s"],
+                         r["ack_latency_ms"]["p50"], r["ack_latency_ms"]["p99"], r["lost"]))
+            print(f"  throughput {devices} devices sync={sync}: {e2e:,.0f} readings/s (bare {bare['rows_per_s']:,.0f}/s)", file=sys.stderr)
+    t = ["| devices | sync | offered readings/s | acked readings/s (end to end) | bare inserts rows/s | ratio | ack p50 ms | ack p99 ms | lost |",
+         "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for d, sync, off, e2e, bare, ratio, p50, p99, lost in rows:
+        t.append(f"| {d:,} | {sync} | {off:,} | {e2e:,.0f} | {bare:,.0f} | {ratio:.0%} | {p50:.1f} | {p99:.1f} | {lost} |")
+    return "\n".join(t), rows
+
+
+def latency(q, max_rate):
+    dur = "10s" if q else "20s"
+    rows = []
+    for sync in ["full", "normal"]:
+        half = max_rate.get(sync, 100_000) / 2
+        devices, readings = 1000, 64
+        rate = max(half / (devices * readings), 0.1)
+        s = Server(sync)
+        try:
+            r = sim(s, devices, round(rate, 2), readings, dur)
+        finally:
+            s.stop()
+        l = r["ack_latency_ms"]
+        rows.append(f"| {sync} | {devices:,} | {half:,.0f} | {r['readings_acked_per_s']:,.0f} | {l['p50']:.2f} | {l['p90']:.2f} | {l['p99']:.2f} | {l['p999']:.2f} | {l['max']:.2f} | {r['lost']} |")
+        print(f"  latency sync={sync}: p50 {l['p50']:.2f} ms p99 {l['p99']:.2f} ms", file=sys.stderr)
+    return "\n".join(["| sync | devices | offered readings/s (half of max) | acked readings/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost |",
+                      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + rows)
+
+
+def rss(q):
+    limit = raise_nofile()
+    rows = []
+    for n in ([10000] if q else [10000, 50000]):
+        if n * 2 + 1000 > limit:
+            rows.append(f"| {n:,} | skipped: open-file limit {limit} | | |")
+            continue
+        s = Server("normal")
+        try:
+            time.sleep(0.5)
+            before = s.rss_kib()
+            p, _ = sim(s, n, 0.001, 1, "60s", extra=["--watchdog", "0s", "--drain-timeout", "1s"], wait=False)
+            deadline = time.time() + 90
+            while time.time() < deadline and s.metric("telemux_device_connections") < n:
+                time.sleep(0.5)
+            connected = int(s.metric("telemux_device_connections"))
+            time.sleep(2)
+            after = s.rss_kib()
+            p.send_signal(signal.SIGKILL); p.wait()
+        finally:
+            s.stop()
+        per = (after - before) * 1024 / max(connected, 1)
+        rows.append(f"| {n:,} | {connected:,} | {before/1024:.1f} -> {after/1024:.1f} | {per/1024:.2f} |")
+        print(f"  rss {n}: {per/1024:.2f} KiB per connection ({connected} connected)", file=sys.stderr)
+    return "\n".join(["| idle device connections asked | connected | server RSS MiB before -> after | KiB per connection |",
+                      "|---:|---:|---|---:|"] + rows)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--scenarios", default="throughput,latency,rss")
+    ap.add_argument("--write")
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ingest", "-p", "firmware-sim", "--bin", "ingest", "--bin", "firmware-sim", "--example", "bare_insert"], cwd=ROOT, check=True)
+    raise_nofile()
+    out = [f"Command: `python3 bench/e2e.py{' --quick' if a.quick else ''} --scenarios {a.scenarios}`; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+           f"{os.cpu_count()} cores shared by the server and the simulator.", ""]
+    max_rate = {}
+    sc = a.scenarios.split(",")
+    if "throughput" in sc:
+        table, rows = throughput(a.quick)
+        for d, sync, _, e2e, *_ in rows:
+            if d == 1000:
+                max_rate[sync] = e2e
+        out += ["### Sustained ingest (acks after commit)", "", table, ""]
+    if "latency" in sc:
+        out += ["### Ack latency at half the maximum load (1k devices)", "", latency(a.quick, max_rate), ""]
+    if "rss" in sc:
+        out += ["### Server memory per idle device connection", "", rss(a.quick), ""]
+    text = "\n".join(out)
+    print(text)
+    if a.write:
+        path = os.path.join(ROOT, a.write)
+        doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+        b, e = "<!-- e2e:begin -->", "<!-- e2e:end -->"
+        section = f"{b}\n{text}\n{e}"
+        if b in doc and e in doc:
+            doc = doc[:doc.index(b)] + section + doc[doc.index(e) + len(e):]
+        else:
+            doc = doc.rstrip() + "\n\n## End to end (ingest + firmware-sim)\n\n" + section + "\n"
+        open(path, "w").write(doc)
+
+
+if __name__ == "__main__":
+    main()
