@@ -173,6 +173,66 @@ pub struct Config {
     /// `/readyz` fails when the writer has had work but no commit for this long.
     #[arg(long, env = "TELEMUX_WRITER_STALL", default_value = "10s")]
     pub writer_stall: HumanDuration,
+
+    /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux; 0: kernel
+    /// default). Bounds the memory a peer that stops reading costs and makes slow dashboards
+    /// visible to the live hub's backpressure quickly.
+    #[arg(long, env = "TELEMUX_TCP_NOTSENT_LOWAT", default_value_t = 128 * 1024)]
+    pub tcp_notsent_lowat: u32,
+
+    /// Live: how long a reading stays resumable after it arrived (the resume window).
+    #[arg(long, env = "TELEMUX_LIVE_RESUME_WINDOW", default_value = "2m")]
+    pub live_resume_window: HumanDuration,
+
+    /// Live: byte bound of the shared log of live readings (32 bytes per reading; the oldest go
+    /// first, so at high rates this, not the window, limits how far back a client can resume).
+    #[arg(long, env = "TELEMUX_LIVE_LOG_MAX_BYTES", default_value_t = dashboard::config::DEFAULT_LOG_MAX_BYTES)]
+    pub live_log_max_bytes: usize,
+
+    /// Live: a client with more unsent readings than this is over its bound and the policy of
+    /// its subscriptions applies (coalesce, drop_oldest, disconnect).
+    #[arg(long, env = "TELEMUX_LIVE_MAX_BACKLOG_READINGS", default_value_t = dashboard::config::DEFAULT_MAX_BACKLOG_READINGS)]
+    pub live_max_backlog_readings: usize,
+
+    /// Live: the same bound in encoded bytes (28 per reading in binary, about 96 in JSON).
+    #[arg(long, env = "TELEMUX_LIVE_MAX_BACKLOG_BYTES", default_value_t = dashboard::config::DEFAULT_MAX_BACKLOG_BYTES)]
+    pub live_max_backlog_bytes: usize,
+
+    /// Live: most readings in one data frame to a dashboard.
+    #[arg(long, env = "TELEMUX_LIVE_MAX_BATCH_READINGS", default_value_t = dashboard::config::DEFAULT_MAX_BATCH_READINGS)]
+    pub live_max_batch_readings: usize,
+
+    /// Live: close a client still behind this long after it fell behind (4008 "slow consumer").
+    #[arg(long, env = "TELEMUX_LIVE_SLOW_DEADLINE", default_value = "10s")]
+    pub live_slow_deadline: HumanDuration,
+
+    /// Live: server ping interval on dashboard WebSockets (SSE: a comment line); `missed_pongs`
+    /// unanswered pings close the socket with 4001.
+    #[arg(long, env = "TELEMUX_LIVE_PING_INTERVAL", default_value = "15s")]
+    pub live_ping_interval: HumanDuration,
+
+    /// Live: most dashboard connections (WebSocket and SSE together); more get HTTP 503.
+    #[arg(long, env = "TELEMUX_LIVE_MAX_CLIENTS", default_value_t = 10_000)]
+    pub live_max_clients: usize,
+
+    /// Live: extra `Origin`s allowed on `/v1/live` (exact, like `https://ops.example.com`, or
+    /// `*` for any; comma-separated in the environment). Requests without `Origin` (non-browser
+    /// clients) and from the server's own host are always allowed; others get HTTP 403.
+    #[arg(
+        long = "live-allowed-origin",
+        env = "TELEMUX_LIVE_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub live_allowed_origins: Vec<String>,
+
+    /// Device tags for live tag subscriptions and `tag:` grants, as `ID:TAG` (repeatable;
+    /// comma-separated in the environment), e.g. `--device-tag 7:line-a --device-tag 7:floor-2`.
+    #[arg(
+        long = "device-tag",
+        env = "TELEMUX_DEVICE_TAGS",
+        value_delimiter = ','
+    )]
+    pub device_tags: Vec<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -277,6 +337,20 @@ impl Config {
                 ),
             });
         }
+        self.hub_config()
+            .validate()
+            .and_then(|()| self.live_limits().validate())
+            .map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                reason: e.reason,
+            })?;
+        self.parsed_device_tags()?;
+        if self.live_max_clients == 0 {
+            return Err(ConfigError::Invalid {
+                key: "live_max_clients",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.ping_interval.0.is_zero() {
             return Err(ConfigError::Invalid {
                 key: "ping_interval",
@@ -284,6 +358,43 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Settings of the live hub.
+    pub fn hub_config(&self) -> dashboard::HubConfig {
+        dashboard::HubConfig {
+            resume_window: self.live_resume_window.0,
+            log_max_bytes: self.live_log_max_bytes,
+        }
+    }
+
+    /// Bounds and timers of each live client.
+    pub fn live_limits(&self) -> dashboard::ClientLimits {
+        dashboard::ClientLimits {
+            max_backlog_readings: self.live_max_backlog_readings,
+            max_backlog_bytes: self.live_max_backlog_bytes,
+            max_batch_readings: self.live_max_batch_readings,
+            slow_deadline: self.live_slow_deadline.0,
+            ping_interval: self.live_ping_interval.0,
+            missed_pongs: self.missed_pongs,
+        }
+    }
+
+    /// `device_tags` as (device id, tag) pairs.
+    pub fn parsed_device_tags(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        self.device_tags
+            .iter()
+            .map(|t| {
+                t.split_once(':')
+                    .and_then(|(id, tag)| Some((id.trim().parse().ok()?, tag.trim())))
+                    .filter(|(_, tag)| !tag.is_empty() && !tag.contains('*'))
+                    .map(|(id, tag)| (id, tag.to_string()))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "device_tags",
+                        reason: format!("expected `ID:TAG` (tag without `*`), found `{t}`"),
+                    })
+            })
+            .collect()
     }
 
     /// A config with every default, for tests and embedding (`data_dir` as given).
@@ -334,6 +445,23 @@ pub enum TokenCommand {
         #[arg(long)]
         ttl: Option<HumanDuration>,
     },
+    /// Print an operator token for the live endpoints `/v1/live` and `/v1/live/sse` (alone on
+    /// stdout).
+    Operator {
+        /// Devices the token may watch: `*`, a device id, or `tag:<tag>` / `tag:<prefix>*`
+        /// (repeatable; `*` when omitted).
+        #[arg(long = "devices", value_name = "PATTERN")]
+        devices: Vec<String>,
+        /// Token lifetime (`12h`, `30d`, ...); at expiry live sockets close with 4003.
+        #[arg(long, default_value = "12h")]
+        ttl: HumanDuration,
+        /// Operator name (the token subject is `operator:<name>`).
+        #[arg(long, default_value = "operator")]
+        name: String,
+        /// Directory holding the token secret.
+        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
     /// Revoke every token issued so far to a device, or one token. Connected holders are
     /// disconnected within `--revocation-poll`.
     Revoke {
@@ -347,4 +475,72 @@ pub enum TokenCommand {
         #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn load(args: &[&str]) -> Result<Config, anyhow::Error> {
+        let m = Cli::command().try_get_matches_from(args)?;
+        Config::from_matches(&m)
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("telemux.toml");
+        std::fs::write(&path, text).expect("write");
+        let p = path.display().to_string();
+        (dir, p)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_interface() {
+        let c = load(&["ingest"]).expect("defaults");
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.sqlite_synchronous, SyncMode::Full);
+        assert_eq!(c.ping_interval.0, Duration::from_secs(15));
+        assert_eq!(c.missed_pongs, 2);
+    }
+
+    #[test]
+    fn toml_file_fills_settings_that_flags_leave_at_default() {
+        let (_d, path) =
+            file("batch_max_rows = 123\nping_interval = \"3s\"\nlisten = \"127.0.0.1:9\"\n");
+        let c = load(&["ingest", "--config", &path, "--listen", "127.0.0.1:7"]).expect("load");
+        assert_eq!(c.batch_max_rows, 123, "from the file");
+        assert_eq!(c.ping_interval.0, Duration::from_secs(3), "from the file");
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:7",
+            "the flag beats the file"
+        );
+    }
+
+    #[test]
+    fn unknown_or_invalid_file_settings_are_named() {
+        let (_d, path) = file("batch_max_rowz = 1\n");
+        let e = load(&["ingest", "--config", &path]).expect_err("unknown key");
+        assert!(
+            e.to_string().contains("unknown setting `batch_max_rowz`"),
+            "{e}"
+        );
+        let (_d, path) = file("batch_max_rows = 0\n");
+        let e = load(&["ingest", "--config", &path]).expect_err("range");
+        assert!(e.to_string().contains("batch_max_rows"), "{e}");
+        let (_d, path) = file("ping_interval = \"soon\"\n");
+        let e = load(&["ingest", "--config", &path]).expect_err("bad duration");
+        assert!(
+            e.to_string().contains("ping_interval") || e.to_string().contains("soon"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_flags_name_the_flag() {
+        let e = load(&["ingest", "--listen", "nowhere"]).expect_err("bad addr");
+        assert!(e.to_string().contains("--listen"), "{e}");
+    }
 }
