@@ -174,11 +174,11 @@ pub struct Config {
     #[arg(long, env = "TELEMUX_WRITER_STALL", default_value = "10s")]
     pub writer_stall: HumanDuration,
 
-    /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`, Linux; 0: kernel
-    /// default). Bounds the memory a peer that stops reading costs and makes slow dashboards
-    /// visible to the live hub's backpressure quickly.
-    #[arg(long, env = "TELEMUX_TCP_NOTSENT_LOWAT", default_value_t = 128 * 1024)]
-    pub tcp_notsent_lowat: u32,
+    /// Kernel send buffer per connection in bytes (`SO_SNDBUF`); 0 keeps the kernel's
+    /// autotuning (up to 4 MiB on Linux). A small value bounds what a peer that stops reading
+    /// costs in kernel memory and lets the live hub notice a stalled dashboard sooner.
+    #[arg(long, env = "TELEMUX_TCP_SEND_BUFFER", default_value_t = 0)]
+    pub tcp_send_buffer: usize,
 
     /// Live: how long a reading stays resumable after it arrived (the resume window).
     #[arg(long, env = "TELEMUX_LIVE_RESUME_WINDOW", default_value = "2m")]

@@ -6,6 +6,8 @@
 //! - [`auth`]: signed device/operator tokens, the secret file, revocation.
 //! - [`routes`]: HTTP routes (warp): device WebSocket upgrade, `/healthz`, `/readyz`, `/metrics`.
 //! - [`edge`]: one task per device connection: check, admit, ack, heartbeat, limits.
+//! - [`live`]: dashboard endpoints `/v1/live` (WebSocket) and `/v1/live/sse`: origin and operator
+//!   token checks, then the `dashboard` crate's hub sessions.
 //! - [`devices`]: per-device state shared by the connection and the writer (dedup, acks).
 //! - [`dedup`]: the per-device duplicate window.
 //! - [`writer`]: the bounded queue and the batching writer (acks after commit).
@@ -22,6 +24,7 @@ pub mod dedup;
 pub mod devices;
 pub mod edge;
 pub mod limits;
+pub mod live;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -5,6 +5,9 @@ use clap::{CommandFactory, FromArgMatches};
 use ingest::config::{Cli, Command, TokenCommand};
 use ingest::{Config, auth, store};
 
+/// Lifetime of the operator token in the dashboard URL printed at each start.
+const STARTUP_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
@@ -26,8 +29,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let data = config.data_dir.display().to_string();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("cannot create {data}"))?;
+    let authority = auth::Authority::load_or_create(&config.data_dir)?;
+    let operator =
+        authority.mint_operator("dashboard", vec!["*".into()], Some(STARTUP_TOKEN_TTL))?;
     println!("telemux ingest listening on {local} (store: {data})");
-    println!("  dashboard:      http://localhost:{}/", local.port());
+    println!(
+        "  dashboard:      http://localhost:{}/?token={operator}   (operator token, valid 12h)",
+        local.port()
+    );
+    println!(
+        "  live data:      ws://localhost:{}/v1/live   (SSE: /v1/live/sse)",
+        local.port()
+    );
     println!(
         "  device socket:  ws://localhost:{}/v1/devices/ws",
         local.port()
@@ -71,6 +85,23 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", data_dir.display()))?;
             let authority = auth::Authority::load_or_create(&data_dir)?;
             println!("{}", authority.mint_device(device_id, ttl.map(|t| t.0))?);
+        }
+        TokenCommand::Operator {
+            devices,
+            ttl,
+            name,
+            data_dir,
+        } => {
+            let devices = if devices.is_empty() {
+                vec!["*".to_string()]
+            } else {
+                devices
+            };
+            dashboard::Grants::parse(&devices)?;
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            let authority = auth::Authority::load_or_create(&data_dir)?;
+            println!("{}", authority.mint_operator(&name, devices, Some(ttl.0))?);
         }
         TokenCommand::Revoke {
             device,

@@ -1,4 +1,5 @@
-//! HTTP routes (warp filters): the device WebSocket upgrade, health, readiness and metrics.
+//! HTTP routes (warp filters): the device WebSocket upgrade, the live dashboard endpoints
+//! (`/v1/live`, `/v1/live/sse`, see `live`), health, readiness and metrics.
 //! Every refusal is an HTTP status with a JSON body `{"error": code, "message": text}`.
 
 use std::convert::Infallible;
@@ -61,18 +62,36 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         });
     let device_ws = warp::path!("v1" / "devices" / "ws")
         .and(warp::get())
-        .and(with_app)
+        .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::get::<PeerAddr>())
         .and(warp::ext::optional::<OnUpgrade>())
         .map(device_upgrade);
+    let live_ws = warp::path!("v1" / "live")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::get::<PeerAddr>())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .map(crate::live::upgrade);
+    let live_sse = warp::path!("v1" / "live" / "sse")
+        .and(warp::get())
+        .and(with_app)
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .map(crate::live::sse);
     healthz
         .or(readyz)
         .unify()
         .or(metrics)
         .unify()
         .or(device_ws)
+        .unify()
+        .or(live_ws)
+        .unify()
+        .or(live_sse)
         .unify()
         .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(rejection(r)) })
         .unify()
@@ -127,7 +146,7 @@ async fn readyz(app: Arc<App>) -> warp::reply::Response {
 }
 
 /// The token from `Authorization: Bearer` or the `token` query parameter.
-fn bearer(headers: &http::HeaderMap, query: &str) -> Result<String, AuthError> {
+pub(crate) fn bearer(headers: &http::HeaderMap, query: &str) -> Result<String, AuthError> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let v = v
             .to_str()
@@ -152,7 +171,7 @@ fn bearer(headers: &http::HeaderMap, query: &str) -> Result<String, AuthError> {
     Err(AuthError::Missing)
 }
 
-fn is_websocket_request(headers: &http::HeaderMap) -> Option<String> {
+pub(crate) fn is_websocket_request(headers: &http::HeaderMap) -> Option<String> {
     let has_token = |name: http::header::HeaderName, token: &str| {
         headers
             .get_all(name)
@@ -207,8 +226,10 @@ fn device_upgrade(
                 addr.ip()
             ),
         );
-        r.headers_mut()
-            .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        r.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
         return r;
     }
     let (device_id, claims) =

@@ -49,6 +49,10 @@ pub struct App {
     pub writer_health: Arc<crate::writer::WriterHealth>,
     /// Open device connections against `max_connections`.
     pub connections: Arc<ConnectionLimit>,
+    /// The live fan-out hub (dashboards read from it; `publish_live` feeds it).
+    pub hub: Arc<dashboard::Hub>,
+    /// Open dashboard connections (WebSocket and SSE) against `live_max_clients`.
+    pub live_connections: Arc<ConnectionLimit>,
     /// New connections per IP.
     pub connect_rate: ConnectRate,
     /// Upgraded sockets, awaited at shutdown.
@@ -81,8 +85,10 @@ impl App {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Records a presence change in the background (presence never delays frames).
+    /// Records a presence change in the background (presence never delays frames) and tells
+    /// the live subscribers of that device at once.
     pub fn presence(&self, p: Presence) {
+        self.hub.set_online(p.device_id, p.online, p.at_us);
         let store = self.store.clone();
         self.tracker.spawn(async move {
             if let Err(e) = store.set_presence(p).await {
@@ -91,8 +97,11 @@ impl App {
         });
     }
 
-    /// Hands freshly accepted readings to the live fan-out (the dashboard hub, when present).
-    pub fn publish_live(&self, _device_id: u64, _seq: u64, _frame: &codecs::Frame<'_>) {}
+    /// Hands freshly accepted readings to the live fan-out hub, before storage (never blocks on
+    /// dashboards). `_seq` is the device's frame sequence; live positions are the hub's own.
+    pub fn publish_live(&self, device_id: u64, _seq: u64, frame: &codecs::Frame<'_>) {
+        self.hub.publish_frame(device_id, frame);
+    }
 }
 
 /// Errors that stop the server from starting.
@@ -129,7 +138,22 @@ pub fn build(
             max_bytes: config.queue_max_bytes,
         },
     );
+    let hub = dashboard::Hub::new(config.hub_config());
+    // Validated at config load; a bad entry here is skipped rather than stopping the server.
+    let mut tags: std::collections::HashMap<u64, Vec<String>> = std::collections::HashMap::new();
+    for (id, tag) in config.parsed_device_tags().unwrap_or_default() {
+        tags.entry(id).or_default().push(tag);
+    }
+    for (id, t) in tags {
+        hub.set_tags(id, t);
+    }
+    let metrics_handle = m::handle();
+    for name in dashboard::metrics::ZERO_COUNTERS {
+        metrics::counter!(*name).increment(0);
+    }
     let app = Arc::new(App {
+        hub,
+        live_connections: ConnectionLimit::new(config.live_max_clients),
         registry: Registry::new(store.clone(), config.dedup_window),
         connections: ConnectionLimit::new(config.max_connections),
         connect_rate: ConnectRate::new(config.connect_rate_per_ip, config.connect_burst_per_ip),
@@ -138,7 +162,7 @@ pub fn build(
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         next_conn_id: AtomicU64::new(0),
-        metrics: m::handle(),
+        metrics: metrics_handle,
         config,
         authority,
         store,
@@ -174,6 +198,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        limit_send_buffer(&stream, app.config.tcp_send_buffer);
         let svc = routes.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(PeerAddr(addr));
@@ -217,6 +242,18 @@ pub async fn serve(
         job.abort();
     }
     info!("shutdown complete");
+}
+
+/// Caps the kernel send buffer of a connection (`SO_SNDBUF`; 0 keeps the kernel's autotuning,
+/// up to 4 MiB on Linux): a peer that stops reading then blocks our writes after about `bytes`,
+/// so a stalled dashboard is noticed by the live hub's backpressure promptly and costs little
+/// kernel memory.
+fn limit_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) {
+    if bytes > 0
+        && let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(bytes)
+    {
+        debug!(error = %e, "cannot set SO_SNDBUF");
+    }
 }
 
 async fn tower_call<S>(

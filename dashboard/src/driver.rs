@@ -1,0 +1,192 @@
+//! The connection loop shared by every transport: reads control messages, wakes on new readings
+//! and presence changes, hands the session's output to a bounded queue (the transport's writer
+//! drains it), and closes on shutdown, token expiry, revocation, heartbeat loss or a client that
+//! stays behind past the slow-consumer deadline.
+//!
+//! It is generic over the inbound stream and talks to the writer through a bounded channel, so
+//! it runs the same over a WebSocket, an SSE body, or channels in tests (with paused time).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::close::{self, Close};
+use crate::metrics as m;
+use crate::session::{Outbound, Session, Step};
+
+/// Messages handed to the transport's writer at once. Small on purpose: what a client has not
+/// taken stays in the shared log (as its cursor) instead of piling up per client.
+pub const OUT_QUEUE: usize = 4;
+/// Replies and events that may wait behind a full queue; a client that lets more pile up is
+/// closed with 4008 "slow consumer" (it sends requests but does not read the answers).
+pub const MAX_STAGED: usize = 256;
+/// How long the final messages and the close frame may take once a connection ends.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the transport read from the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A text message (a JSON control message).
+    Text(String),
+    /// A binary message (refused with an error reply).
+    Binary,
+    /// A pong, or any other sign of life (a client ping).
+    Alive,
+    /// A message over the size limit.
+    TooLarge,
+    /// The client closed the connection.
+    Closed,
+    /// The transport failed.
+    Lost,
+}
+
+/// Checks whether the client's token was revoked since it connected.
+pub type RevocationCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Everything the loop needs besides the session.
+#[derive(Clone)]
+pub struct DriveOptions {
+    /// When the token expires (close 4003).
+    pub expires_at: Option<Instant>,
+    /// Cancelled at server shutdown (close 1001).
+    pub shutdown: CancellationToken,
+    /// Checked at every heartbeat (close 1008 when true).
+    pub revoked: Option<RevocationCheck>,
+    /// Whether the transport answers pings (WebSocket yes, SSE no): unanswered pings close
+    /// the connection only then.
+    pub expects_pongs: bool,
+}
+
+impl Default for DriveOptions {
+    fn default() -> Self {
+        DriveOptions {
+            expires_at: None,
+            shutdown: CancellationToken::new(),
+            revoked: None,
+            expects_pongs: true,
+        }
+    }
+}
+
+/// A time far enough away to stand for "never" in a `select!` branch that is disabled anyway.
+fn never() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Runs one client until the connection ends; returns why.
+pub async fn drive<I>(
+    mut session: Session,
+    mut inbound: I,
+    out: &mpsc::Sender<Outbound>,
+    opts: DriveOptions,
+) -> Close
+where
+    I: Stream<Item = Inbound> + Unpin,
+{
+    let hub = session.hub().clone();
+    let mut head_rx = hub.watch_head();
+    let mut head = *head_rx.borrow_and_update();
+    let mut presence = hub.presence_events();
+    let limits = session.limits().clone();
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut unanswered = 0u32;
+    let mut staged: VecDeque<Outbound> = VecDeque::new();
+    let mut inbound_open = true;
+    let mut hub_open = true;
+    loop {
+        let want_send = !staged.is_empty() || session.pending(head);
+        if !want_send {
+            // Nothing waits for the client: whatever it was behind on, it has been given.
+            session.clear_behind();
+        } else if out.capacity() == 0 {
+            // Readings wait and the client has not taken what it was given.
+            session.mark_behind(Instant::now());
+        }
+        let deadline = session.behind_since().map(|t| t + limits.slow_deadline);
+        tokio::select! {
+            biased;
+            _ = opts.shutdown.cancelled() => return close::GOING_AWAY,
+            _ = sleep_until(opts.expires_at.unwrap_or_else(never)), if opts.expires_at.is_some() => {
+                return close::TOKEN_EXPIRED;
+            }
+            _ = sleep_until(deadline.unwrap_or_else(never)), if deadline.is_some() => {
+                metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
+                return close::SLOW_CONSUMER;
+            }
+            permit = out.reserve(), if want_send => {
+                let Ok(permit) = permit else { return close::CONNECTION_LOST };
+                if staged.is_empty() {
+                    match session.next_batch(Instant::now()) {
+                        Step::Send(msgs) => staged.extend(msgs),
+                        Step::Close(c) => return c,
+                        Step::Idle | Step::Progress => {}
+                    }
+                }
+                if let Some(msg) = staged.pop_front() {
+                    permit.send(msg);
+                }
+            }
+            _ = out.closed(), if !want_send => return close::CONNECTION_LOST,
+            msg = inbound.next(), if inbound_open => match msg {
+                Some(Inbound::Text(text)) => {
+                    unanswered = 0;
+                    staged.extend(session.handle_text(&text));
+                }
+                Some(Inbound::Binary) => staged.push_back(session.handle_binary()),
+                Some(Inbound::Alive) => unanswered = 0,
+                Some(Inbound::TooLarge) => return close::TOO_LARGE,
+                Some(Inbound::Closed) => return close::NORMAL,
+                Some(Inbound::Lost) => return close::CONNECTION_LOST,
+                None => inbound_open = false,
+            },
+            changed = head_rx.changed(), if hub_open => {
+                if changed.is_err() {
+                    hub_open = false;
+                    continue;
+                }
+                head = *head_rx.borrow_and_update();
+            }
+            ev = presence.recv(), if hub_open => match ev {
+                Ok(ev) => staged.extend(session.on_presence(ev)),
+                Err(broadcast::error::RecvError::Lagged(_)) => staged.push_back(session.presence_resync()),
+                Err(broadcast::error::RecvError::Closed) => hub_open = false,
+            },
+            _ = ping.tick() => {
+                if opts.revoked.as_ref().is_some_and(|r| r()) {
+                    return close::REVOKED;
+                }
+                if opts.expects_pongs && limits.missed_pongs > 0 && unanswered >= limits.missed_pongs {
+                    return close::PING_TIMEOUT;
+                }
+                unanswered += 1;
+                // A full queue means the client is not reading; the deadline deals with that.
+                let _ = out.try_send(Outbound::Ping);
+            }
+        }
+        if staged.len() > MAX_STAGED {
+            metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
+            return close::SLOW_CONSUMER;
+        }
+    }
+}
+
+/// Counts a finished connection.
+pub fn record_close(close: Close) {
+    metrics::counter!(m::CLIENTS_CLOSED, "reason" => close.reason).increment(1);
+}
+
+/// Whether the client should still get the queued messages before the close (not when it is
+/// too slow to take them, nor when it is gone).
+pub fn drain_before_close(close: Close) -> bool {
+    !matches!(
+        close,
+        close::SLOW_CONSUMER | close::BACKLOG_OVERFLOW | close::CONNECTION_LOST | close::NORMAL
+    )
+}

@@ -1,0 +1,67 @@
+//! telemux live hub: readings accepted by the server fan out to dashboards over WebSocket or
+//! Server-Sent Events, with stream positions, resume after reconnect, per-client backpressure,
+//! presence and snapshots.
+//!
+//! # Layout
+//! - [`log`]: the shared ring of live readings (chunks, positions, eviction by time and bytes,
+//!   what was lost).
+//! - [`hub`]: the log plus latest values, presence, tags, the head notification and the cache of
+//!   encoded frames; the server publishes here.
+//! - [`filter`]: subscription selectors, token grants, slow-consumer policies.
+//! - [`protocol`]: JSON control messages, replies, events, the JSON form of readings.
+//! - [`session`]: one client as a cursor into the log: subscriptions, batching; its `overflow`
+//!   submodule is the one place the slow-consumer policies apply.
+//! - [`driver`]: the connection loop shared by all transports (heartbeats, deadlines, expiry).
+//! - [`ws`]: the WebSocket transport, generic over a `Sink`/`Stream` of messages.
+//! - [`sse`]: the Server-Sent Events transport.
+//! - [`close`]: close codes. [`config`]: settings. [`metrics`]: metric names.
+//!
+//! # Positions
+//!
+//! Every reading the hub receives gets a **stream position**: a u64, strictly increasing, one
+//! per reading, shared by all devices (one stream). The first reading of a server run gets
+//! `start + 1`, where `start` is the server's start time in microseconds since the Unix epoch;
+//! each further reading gets the next integer. So positions of a later run are greater than
+//! every position of an earlier run, as long as a run averages fewer than one reading per
+//! microsecond (1M readings/s) over its lifetime, and a position tells roughly when its run
+//! started. In JSON, positions are decimal strings (they exceed 2^53).
+//!
+//! A binary `Live` frame's header `seq` is the position of its last record; the JSON `readings`
+//! message has it as `position`; SSE events have it as `id`. A client that keeps the last
+//! position it received and presents it on reconnect (`resume`, or SSE `Last-Event-ID`) gets
+//! exactly the readings after it that match its subscriptions, in order, with no gap and no
+//! duplicate, if the log still holds them (the resume window: `resume_window` by arrival time
+//! and `log_max_bytes`, whichever is smaller). Otherwise it gets a `gap` message naming the
+//! missing position range and the reading-time range (`from_ts_us` is null when unknown, e.g.
+//! for positions of an earlier run) so it can backfill from the HTTP history API, then the
+//! oldest readings still held.
+//!
+//! # Clients are cursors
+//!
+//! A client holds a position into the shared log, not a copy of the data. When it can take
+//! more, its task reads the readings after its cursor that match its subscriptions and sends
+//! them as one frame (up to `max_batch_readings`). Identical subscriptions over the same range
+//! share the same encoded `Bytes` (the hub's encode cache). A client over its backlog bound
+//! gets the policy of its subscriptions ([`filter::Policy`]); a client still behind after
+//! `slow_deadline` is closed with 4008. Per-client memory is bounded by the out queue
+//! ([`driver::OUT_QUEUE`] frames), the staged replies ([`driver::MAX_STAGED`]) and one
+//! overflow result (`max_backlog_readings`), whatever the client does.
+
+pub mod close;
+pub mod config;
+pub mod driver;
+pub mod filter;
+pub mod hub;
+pub mod log;
+pub mod metrics;
+pub mod protocol;
+pub mod session;
+pub mod sse;
+pub mod ws;
+
+pub use close::Close;
+pub use config::{ClientLimits, HubConfig};
+pub use driver::{DriveOptions, Inbound};
+pub use filter::{Grants, Policy, Selector};
+pub use hub::{Format, Hub, PresenceEvent};
+pub use session::{Outbound, Session};

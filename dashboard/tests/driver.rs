@@ -1,0 +1,532 @@
+//! The connection loop over channels, with paused time: subscriptions, data forms, resume,
+//! policies, the slow-consumer deadline, heartbeats, expiry, presence and shared frames.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codecs::{Direction, Frame, FrameFlag, Reading};
+use dashboard::close;
+use dashboard::driver::{DriveOptions, Inbound, OUT_QUEUE, drive};
+use dashboard::{ClientLimits, Close, Format, Grants, Hub, HubConfig, Outbound, Session};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const START: u64 = 1_000;
+
+fn hub() -> Arc<Hub> {
+    Hub::with_start(HubConfig::default(), START)
+}
+
+fn limits() -> ClientLimits {
+    ClientLimits {
+        max_backlog_readings: 8,
+        max_backlog_bytes: 1 << 20,
+        max_batch_readings: 4,
+        slow_deadline: Duration::from_secs(1),
+        ping_interval: Duration::from_secs(10),
+        missed_pongs: 2,
+    }
+}
+
+fn r(channel: u16, ts_us: i64, value: f64) -> Reading {
+    Reading {
+        channel,
+        quality: 0,
+        ts_us,
+        value,
+    }
+}
+
+struct Client {
+    inbound: mpsc::Sender<Inbound>,
+    out: mpsc::Receiver<Outbound>,
+    task: JoinHandle<Close>,
+}
+
+fn start(
+    hub: &Arc<Hub>,
+    format: Format,
+    grants: Grants,
+    limits: ClientLimits,
+    opts: DriveOptions,
+) -> Client {
+    let session = Session::new(hub.clone(), format, grants, limits);
+    let (in_tx, in_rx) = mpsc::channel::<Inbound>(64);
+    let (tx, rx) = mpsc::channel::<Outbound>(OUT_QUEUE);
+    let inbound = Box::pin(futures_util::stream::unfold(in_rx, |mut rx| async move {
+        rx.recv().await.map(|m| (m, rx))
+    }));
+    let task = tokio::spawn(async move { drive(session, inbound, &tx, opts).await });
+    Client {
+        inbound: in_tx,
+        out: rx,
+        task,
+    }
+}
+
+fn client(hub: &Arc<Hub>) -> Client {
+    start(
+        hub,
+        Format::Binary,
+        Grants::All,
+        limits(),
+        DriveOptions::default(),
+    )
+}
+
+/// A decoded data frame: (header seq, flags, records as (device, channel, ts, value)).
+type Data = (u64, u16, Vec<(u64, u16, i64, f64)>);
+
+fn decode(bytes: &[u8]) -> Data {
+    match codecs::decode(
+        bytes,
+        Direction::ServerToDashboard,
+        &codecs::Limits::default(),
+        0,
+    ) {
+        Ok(Frame::Live { header, records }) => (
+            header.seq.get(),
+            header.flags.get(),
+            records
+                .iter()
+                .map(|r| {
+                    (
+                        r.device_id.get(),
+                        r.channel.get(),
+                        r.ts_us.get(),
+                        r.value.get(),
+                    )
+                })
+                .collect(),
+        ),
+        other => panic!("not a live frame: {other:?}"),
+    }
+}
+
+impl Client {
+    async fn send(&self, text: &str) {
+        self.inbound
+            .send(Inbound::Text(text.into()))
+            .await
+            .expect("driver alive");
+    }
+
+    async fn next(&mut self) -> Outbound {
+        tokio::time::timeout(Duration::from_secs(1), self.out.recv())
+            .await
+            .expect("a message within 1s")
+            .expect("driver alive")
+    }
+
+    /// Next JSON message (skipping pings).
+    async fn json(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Outbound::Json { bytes, .. } => {
+                    return serde_json::from_slice(&bytes).expect("json");
+                }
+                Outbound::Ping => continue,
+                other => panic!("expected JSON, got {other:?}"),
+            }
+        }
+    }
+
+    /// Next binary data frame (skipping pings).
+    async fn data(&mut self) -> Data {
+        loop {
+            match self.next().await {
+                Outbound::Data {
+                    bytes,
+                    format: Format::Binary,
+                    position,
+                } => {
+                    let d = decode(&bytes);
+                    assert_eq!(d.0, position);
+                    return d;
+                }
+                Outbound::Ping => continue,
+                other => panic!("expected data, got {other:?}"),
+            }
+        }
+    }
+
+    /// Subscribes and returns (reply, snapshot).
+    async fn subscribe(&mut self, body: &str) -> (Value, Value) {
+        self.send(&format!(r#"{{"id":"s","op":"subscribe",{body}}}"#))
+            .await;
+        let reply = self.json().await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        let snapshot = self.json().await;
+        assert_eq!(snapshot["type"], "snapshot");
+        (reply, snapshot)
+    }
+
+    async fn closed(self) -> Close {
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("driver ends")
+            .expect("driver task")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_get_only_their_devices_in_position_order() {
+    let hub = hub();
+    let mut c = client(&hub);
+    c.subscribe(r#""devices":[1,3]"#).await;
+    hub.publish(1, [r(1, 10, 1.0), r(2, 10, 2.0)]);
+    hub.publish(2, [r(1, 10, 9.0)]);
+    hub.publish(3, [r(1, 11, 3.0)]);
+    let mut got = Vec::new();
+    let mut last = 0;
+    while got.len() < 3 {
+        let (seq, flags, recs) = c.data().await;
+        assert_eq!(flags, 0);
+        assert!(seq > last);
+        last = seq;
+        got.extend(recs);
+    }
+    assert_eq!(got, vec![(1, 1, 10, 1.0), (1, 2, 10, 2.0), (3, 1, 11, 3.0)]);
+    assert_eq!(last, START + 4, "seq is the position of the last record");
+}
+
+#[tokio::test(start_paused = true)]
+async fn json_form_carries_the_same_readings_with_string_ids() {
+    let hub = hub();
+    let mut c = start(
+        &hub,
+        Format::Json,
+        Grants::All,
+        limits(),
+        DriveOptions::default(),
+    );
+    c.subscribe(r#""devices":"*""#).await;
+    hub.publish(42, [r(7, 123, 21.5)]);
+    let msg = c.next().await;
+    let Outbound::Data {
+        bytes,
+        format: Format::Json,
+        position,
+    } = msg
+    else {
+        panic!("{msg:?}")
+    };
+    let v: Value = serde_json::from_slice(&bytes).expect("json");
+    assert_eq!(v["type"], "readings");
+    assert_eq!(v["position"], position.to_string());
+    assert_eq!(v["readings"][0]["device"], "42");
+    assert_eq!(v["readings"][0]["channel"], 7);
+    assert_eq!(v["readings"][0]["value"], 21.5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_outside_the_grant_are_refused_with_a_reason() {
+    let hub = hub();
+    let grants = Grants::parse(&["1", "2"]).expect("grants");
+    let mut c = start(
+        &hub,
+        Format::Binary,
+        grants,
+        limits(),
+        DriveOptions::default(),
+    );
+    for body in [r#""devices":[1,3]"#, r#""devices":"*""#, r#""tag":"x""#] {
+        c.send(&format!(r#"{{"id":5,"op":"subscribe",{body}}}"#))
+            .await;
+        let reply = c.json().await;
+        assert_eq!(reply["id"], 5);
+        assert_eq!(reply["ok"], false);
+        assert_eq!(reply["error"], "not_granted", "{reply}");
+    }
+    c.subscribe(r#""devices":2"#).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_control_messages_get_specific_errors_and_the_socket_stays_usable() {
+    let hub = hub();
+    let mut c = client(&hub);
+    for (text, code) in [
+        ("not json", "bad_json"),
+        ("[]", "not_an_object"),
+        (r#"{"id":1}"#, "missing_field"),
+        (r#"{"id":1,"op":"fly"}"#, "unknown_op"),
+        (
+            r#"{"id":1,"op":"unsubscribe","sub":99}"#,
+            "unknown_subscription",
+        ),
+    ] {
+        c.send(text).await;
+        let reply = c.json().await;
+        assert_eq!(reply["error"], code, "{text}: {reply}");
+    }
+    c.inbound.send(Inbound::Binary).await.expect("alive");
+    assert_eq!(c.json().await["error"], "binary_not_accepted");
+    c.send(r#"{"id":"p","op":"ping"}"#).await;
+    let pong = c.json().await;
+    assert_eq!(
+        (pong["id"].as_str(), pong["ok"].as_bool()),
+        (Some("p"), Some(true))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsubscribe_stops_delivery() {
+    let hub = hub();
+    let mut c = client(&hub);
+    let (reply, _) = c.subscribe(r#""devices":1"#).await;
+    let sub = reply["sub"].as_u64().expect("sub id");
+    c.subscribe(r#""devices":2"#).await;
+    c.send(&format!(r#"{{"id":2,"op":"unsubscribe","sub":{sub}}}"#))
+        .await;
+    assert_eq!(c.json().await["ok"], true);
+    hub.publish(1, [r(1, 1, 1.0)]);
+    hub.publish(2, [r(1, 1, 2.0)]);
+    let (_, _, recs) = c.data().await;
+    assert_eq!(recs, vec![(2, 1, 1, 2.0)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_within_the_log_gives_exactly_the_missed_readings() {
+    let hub = hub();
+    for i in 0..10 {
+        hub.publish(1 + i % 2, [r(1, i as i64, i as f64)]);
+    }
+    let mut c = client(&hub);
+    c.send(r#"{"id":1,"op":"resume","position":"1004"}"#).await;
+    let reply = c.json().await;
+    assert_eq!(
+        (reply["ok"].as_bool(), reply["gap"].as_bool()),
+        (Some(true), Some(false)),
+        "{reply}"
+    );
+    c.subscribe(r#""devices":[1]"#).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(c.data().await.2.into_iter().map(|x| x.3));
+    }
+    // Positions 1005..=1010 hold readings 4..=9; device 1 has the even ones.
+    assert_eq!(got, vec![4.0, 6.0, 8.0]);
+    hub.publish(1, [r(1, 99, 99.0)]);
+    assert_eq!(
+        c.data().await.2,
+        vec![(1, 1, 99, 99.0)],
+        "then live, no duplicate"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_beyond_the_window_gets_a_gap_with_positions_and_times() {
+    let config = HubConfig {
+        resume_window: Duration::from_secs(2),
+        ..HubConfig::default()
+    };
+    let hub = Hub::with_start(config, START);
+    hub.publish(1, [r(1, 100, 1.0), r(1, 200, 2.0)]);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    hub.publish(1, [r(1, 300, 3.0)]);
+    let mut c = client(&hub);
+    c.send(r#"{"id":1,"op":"resume","position":"1000"}"#).await;
+    assert_eq!(c.json().await["gap"], true);
+    let gap = c.json().await;
+    assert_eq!(gap["type"], "gap");
+    assert_eq!(gap["reason"], "resume_window");
+    assert_eq!(
+        (gap["from_position"].as_str(), gap["to_position"].as_str()),
+        (Some("1001"), Some("1002"))
+    );
+    assert_eq!(
+        (gap["from_ts_us"].as_i64(), gap["to_ts_us"].as_i64()),
+        (Some(100), Some(200))
+    );
+    c.subscribe(r#""devices":"*""#).await;
+    assert_eq!(
+        c.data().await.2,
+        vec![(1, 1, 300, 3.0)],
+        "then what the log still holds"
+    );
+    // A position of an earlier run (below this run's start): the gap's start time is unknown.
+    c.send(r#"{"id":2,"op":"resume","position":"17"}"#).await;
+    c.json().await;
+    let gap = c.json().await;
+    assert_eq!(gap["reason"], "restart");
+    assert_eq!(gap["from_ts_us"], Value::Null);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_coalesced_then_closed_after_the_deadline() {
+    let hub = hub();
+    let mut c = client(&hub);
+    c.subscribe(r#""devices":[1]"#).await;
+    // The client reads nothing while 40 readings on 2 channels arrive (bound: 8).
+    for i in 0..40 {
+        hub.publish(1, [r(1 + (i % 2) as u16, i, i as f64)]);
+        tokio::task::yield_now().await;
+    }
+    // What was queued before it fell behind is delivered, then the coalesced remainder.
+    let mut frames = Vec::new();
+    let coalesced = loop {
+        match c.next().await {
+            Outbound::Json {
+                kind: "coalesced",
+                bytes,
+                ..
+            } => break serde_json::from_slice::<Value>(&bytes).expect("json"),
+            Outbound::Data { bytes, .. } => frames.push(decode(&bytes)),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(
+        coalesced["dropped"].as_u64().expect("dropped") > 0,
+        "{coalesced}"
+    );
+    assert_eq!(coalesced["kept"], 2);
+    let (_, flags, recs) = c.data().await;
+    assert_eq!(flags, FrameFlag::Coalesced as u16);
+    assert_eq!(
+        recs,
+        vec![(1, 1, 38, 38.0), (1, 2, 39, 39.0)],
+        "the newest value per channel"
+    );
+    let delivered = frames.iter().map(|f| f.2.len() as u64).sum::<u64>();
+    assert_eq!(
+        delivered + coalesced["dropped"].as_u64().unwrap_or(0) + 2,
+        40,
+        "every reading sent or counted"
+    );
+    // It stops reading again while data keeps coming: closed after the deadline.
+    for i in 40..200 {
+        hub.publish(1, [r(1, i, i as f64)]);
+        tokio::task::yield_now().await;
+    }
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    assert_eq!(c.closed().await, close::SLOW_CONSUMER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_oldest_sends_a_gap_and_the_newest_frame() {
+    let hub = hub();
+    let mut c = client(&hub);
+    c.subscribe(r#""devices":[1],"policy":"drop_oldest""#).await;
+    for i in 0..20 {
+        hub.publish(1, [r(1, i, i as f64)]);
+    }
+    let gap = c.json().await;
+    assert_eq!(gap["type"], "gap");
+    assert_eq!(gap["reason"], "drop_oldest");
+    assert_eq!(gap["dropped"], 16);
+    assert_eq!(
+        (gap["from_position"].as_str(), gap["to_position"].as_str()),
+        (Some("1001"), Some("1016"))
+    );
+    let (seq, flags, recs) = c.data().await;
+    assert_eq!((seq, flags), (START + 20, 0));
+    assert_eq!(
+        recs.iter().map(|x| x.3).collect::<Vec<_>>(),
+        vec![16.0, 17.0, 18.0, 19.0]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn disconnect_policy_closes_with_backlog_overflow() {
+    let hub = hub();
+    let mut c = client(&hub);
+    c.subscribe(r#""devices":"*","policy":"disconnect""#).await;
+    for i in 0..20 {
+        hub.publish(1, [r(1, i, i as f64)]);
+    }
+    assert_eq!(c.closed().await, close::BACKLOG_OVERFLOW);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unanswered_pings_close_with_4001_and_pongs_keep_it_open() {
+    let hub = hub();
+    let mut c = client(&hub);
+    c.send(r#"{"id":0,"op":"ping"}"#).await; // the loop runs (its ping timer started)
+    assert_eq!(c.json().await["ok"], true);
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(c.next().await, Outbound::Ping);
+        c.inbound.send(Inbound::Alive).await.expect("alive");
+    }
+    for _ in 0..2 {
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(c.next().await, Outbound::Ping);
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(c.closed().await, close::PING_TIMEOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_expiry_closes_with_4003() {
+    let hub = hub();
+    let opts = DriveOptions {
+        expires_at: Some(tokio::time::Instant::now() + Duration::from_secs(5)),
+        ..DriveOptions::default()
+    };
+    let c = start(&hub, Format::Binary, Grants::All, limits(), opts);
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert_eq!(c.closed().await, close::TOKEN_EXPIRED);
+}
+
+#[tokio::test(start_paused = true)]
+async fn presence_events_and_the_snapshot_on_subscribe() {
+    let hub = hub();
+    hub.set_online(1, true, 50);
+    hub.publish(1, [r(1, 10, 1.5), r(2, 10, 2.5)]);
+    let mut c = client(&hub);
+    let (_, snap) = c.subscribe(r#""devices":[1]"#).await;
+    let dev = &snap["devices"][0];
+    assert_eq!(dev["device"], "1");
+    assert_eq!(dev["online"], true);
+    assert_eq!(dev["channels"].as_array().map(Vec::len), Some(2));
+    assert_eq!(dev["channels"][0]["value"], 1.5);
+    hub.set_online(2, true, 60); // not subscribed
+    hub.set_online(1, false, 70);
+    let ev = c.json().await;
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["device"].as_str(),
+            ev["at_us"].as_i64()
+        ),
+        (Some("offline"), Some("1"), Some(70))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn identical_subscriptions_share_the_encoded_frame() {
+    let hub = hub();
+    let mut a = client(&hub);
+    let mut b = client(&hub);
+    a.subscribe(r#""devices":"*""#).await;
+    b.subscribe(r#""devices":"*""#).await;
+    hub.publish(1, [r(1, 1, 1.0), r(1, 2, 2.0)]);
+    let (Outbound::Data { bytes: x, .. }, Outbound::Data { bytes: y, .. }) =
+        (a.next().await, b.next().await)
+    else {
+        panic!("data expected")
+    };
+    assert_eq!(x, y);
+    assert_eq!(x.as_ptr(), y.as_ptr(), "one encoding, shared");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_replies_is_closed_not_buffered_forever() {
+    let hub = hub();
+    let c = client(&hub);
+    for i in 0..(dashboard::driver::MAX_STAGED + OUT_QUEUE + 2) {
+        c.send(&format!(r#"{{"id":{i},"op":"ping"}}"#)).await;
+    }
+    assert_eq!(c.closed().await, close::SLOW_CONSUMER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_with_1001() {
+    let hub = hub();
+    let opts = DriveOptions::default();
+    let token = opts.shutdown.clone();
+    let c = start(&hub, Format::Binary, Grants::All, limits(), opts);
+    token.cancel();
+    assert_eq!(c.closed().await, close::GOING_AWAY);
+}
