@@ -90,8 +90,8 @@ def sim(server, devices, rate, readings, duration, extra=(), wait=True):
         return json.load(f)
 
 
-def bare_insert(rows, batch, sync):
-    r = subprocess.run([os.path.join(REL, "examples", "bare_insert"), str(rows), str(batch), sync], capture_output=True, text=True, check=True)
+def bare_insert(rows, batch, sync, devices, channels):
+    r = subprocess.run([os.path.join(REL, "examples", "bare_insert"), str(rows), str(batch), sync, str(devices), str(channels)], capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -105,7 +105,7 @@ def throughput(q):
                 r = sim(s, devices, rate, readings, dur)
             finally:
                 s.stop()
-            bare = bare_insert(int(min(max(r["readings_acked"], 500_000), 4_000_000)), 8192, sync)
+            bare = bare_insert(int(min(max(r["readings_acked"], 500_000), 4_000_000)), 65536, sync, devices, readings)
             e2e = r["readings_acked_per_s"]
             rows.append((devices, sync, devices * rate * readings, e2e, bare["rows_per_s"], e2e / bare["rows_per_s"],
                          r["ack_latency_ms"]["p50"], r["ack_latency_ms"]["p99"], r["lost"]))

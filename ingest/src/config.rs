@@ -79,7 +79,7 @@ pub struct Config {
     pub sqlite_synchronous: SyncMode,
 
     /// Writer: commit a batch once it holds this many readings.
-    #[arg(long, env = "TELEMUX_BATCH_MAX_ROWS", default_value_t = 8192)]
+    #[arg(long, env = "TELEMUX_BATCH_MAX_ROWS", default_value_t = 65_536)]
     pub batch_max_rows: usize,
 
     /// Writer: commit a batch at the latest this long after its first frame arrived.

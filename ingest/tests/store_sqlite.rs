@@ -431,7 +431,7 @@ async fn write_throughput() {
     const TIMED: u64 = 100;
     for synchronous in [Synchronous::Normal, Synchronous::Full] {
         // (devices, frames per device, channels per frame) per 10k-row batch
-        for (devices, frames, channels) in shapes() {
+        for (devices, frames, channels) in [(100u64, 10u64, 10u16), (1_000, 2, 5)] {
             let dir = tempfile::tempdir().expect("temp dir");
             let options = SqliteOptions {
                 synchronous,
@@ -460,14 +460,6 @@ async fn write_throughput() {
             );
             store.close().await.expect("close");
         }
-    }
-}
-
-fn shapes() -> Vec<(u64, u64, u16)> {
-    match std::env::var("X_SHAPE").as_deref() {
-        Ok("big") => vec![(1_000, 2, 5)],
-        Ok("small") => vec![(100, 10, 10)],
-        _ => vec![(100, 10, 10), (1_000, 2, 5)],
     }
 }
 

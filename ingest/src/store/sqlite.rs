@@ -2,11 +2,13 @@
 //!
 //! # Threads
 //! - **Writer**: one `std::thread` owns the only read-write [`Connection`]. Every write (batches,
-//!   presence, revocations, retention, ping) is a [`Command`] sent through a bounded channel and
+//!   presence, revocations, retention, ping) is a `Command` sent through a bounded channel and
 //!   answered through a oneshot; a batch is one `BEGIN IMMEDIATE` transaction. The thread ends
 //!   when the store is dropped or [`SqliteStore::close`]d.
 //! - **Readers**: `read_connections` read-only connections, used on `spawn_blocking`. WAL lets
 //!   them read the last committed snapshot while the writer writes.
+//! - **Checkpointer**: copies committed WAL pages into the database file every
+//!   `CHECKPOINT_INTERVAL`, so the writer's own checkpoints (which let the WAL restart) are short.
 //!
 //! Other processes (the `ingest token revoke` CLI) may open the same file while the server runs:
 //! their writes wait for the lock up to [`BUSY_TIMEOUT`].
@@ -49,10 +51,10 @@ const DELETE_CHUNK_ROWS: u64 = 10_000;
 const DELETE_CHUNK_TIME: Duration = Duration::from_millis(50);
 /// Page cache of the writer connection, KiB: holds the hot right edge of every series' index.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
-/// The writer checkpoints after a commit that leaves this many pages in the WAL (128 MiB of
+/// The writer checkpoints after a commit that leaves this many pages in the WAL (64 MiB of
 /// 4 KiB pages). The background checkpointer has copied most of them by then, so this mostly
 /// lets the WAL restart from its beginning; it bounds the WAL if the background copy lags.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 32_768;
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
 /// How often the background checkpointer copies committed WAL pages into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// Page cache of the checkpoint connection, KiB (it reads pages from the WAL, not the cache).
@@ -128,13 +130,6 @@ pub const MIGRATIONS: &[&str] = &[
 
 const INSERT_READING: &str = "INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-/// Readings inserted by one execution of [`INSERT_READINGS`]: fewer statement steps per row.
-const INSERT_ROWS_PER_STATEMENT: usize = 32;
-/// `INSERT_READING` with [`INSERT_ROWS_PER_STATEMENT`] rows of values.
-static INSERT_READINGS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    let values = vec!["(?, ?, ?, ?, ?, ?)"; INSERT_ROWS_PER_STATEMENT].join(", ");
-    format!("INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) VALUES {values}")
-});
 const UPSERT_LATEST: &str = "INSERT INTO latest (device_id, channel, ts_us, value, quality) \
      VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (device_id, channel) DO UPDATE SET \
      ts_us = excluded.ts_us, value = excluded.value, quality = excluded.quality \
@@ -245,10 +240,11 @@ impl SqliteStore {
             reason,
         };
         let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
-        if let Ok(v) = std::env::var("X_PAGE") {
-            conn.pragma_update(None, "page_size", v.parse::<i64>().unwrap())
-                .unwrap();
-        }
+        // Before anything writes (even the journal mode) to a file from a newer build.
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .map_err(|e| open_error(format!("cannot read user_version: {e}")))
+            .and_then(|v| known_version(v).map_err(open_error))?;
         configure_writer(&conn, options.synchronous).map_err(open_error)?;
         migrate(&mut conn).map_err(open_error)?;
         let checkpointer = Connection::open(path)
@@ -327,7 +323,9 @@ fn synchronous_level(synchronous: Synchronous) -> &'static str {
     }
 }
 
-fn configure_writer(conn: &Connection, synchronous: Synchronous) -> Result<(), String> {
+/// Applies the writer connection's settings (WAL, `synchronous`, page cache, checkpointing).
+/// Public so the bare-insert benchmark measures SQLite configured exactly as the store is.
+pub fn configure_writer(conn: &Connection, synchronous: Synchronous) -> Result<(), String> {
     let level = synchronous_level(synchronous);
     let mode: String = conn
         .busy_timeout(BUSY_TIMEOUT)
@@ -340,16 +338,7 @@ fn configure_writer(conn: &Connection, synchronous: Synchronous) -> Result<(), S
         .and_then(|()| conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB))
         .and_then(|()| conn.pragma_update(None, "temp_store", "MEMORY"))
         .and_then(|()| conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES))
-        .map_err(|e| format!("cannot configure the connection: {e}"))?;
-    // EXPERIMENT
-    if let Ok(v) = std::env::var("X_CKPT") {
-        conn.pragma_update(None, "wal_autocheckpoint", v.parse::<i64>().unwrap())
-            .unwrap();
-    }
-    if let Ok(v) = std::env::var("X_SYNC") {
-        conn.pragma_update(None, "synchronous", v).unwrap();
-    }
-    Ok(())
+        .map_err(|e| format!("cannot configure the connection: {e}"))
 }
 
 fn configure_checkpointer(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
@@ -367,6 +356,21 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// `user_version` as the number of migrations applied, if this build knows them all.
+fn known_version(version: i64) -> Result<usize, String> {
+    let known = MIGRATIONS.len();
+    match usize::try_from(version) {
+        Ok(applied) if applied <= known => Ok(applied),
+        Ok(_) => Err(format!(
+            "schema version {version} is newer than this build knows ({known}); \
+             run a newer telemux or restore a matching backup"
+        )),
+        Err(_) => Err(format!(
+            "schema version {version} is not one telemux writes"
+        )),
+    }
+}
+
 /// Applies the missing [`MIGRATIONS`], one transaction each (taken with the write lock, so two
 /// processes opening a new file at once do not both migrate).
 fn migrate(conn: &mut Connection) -> Result<(), String> {
@@ -378,14 +382,7 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
         let version: i64 = tx
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| format!("cannot read user_version: {e}"))?;
-        let applied = usize::try_from(version)
-            .map_err(|_| format!("schema version {version} is not one telemux writes"))?;
-        if applied > known {
-            return Err(format!(
-                "schema version {applied} is newer than this build knows ({known}); \
-                 run a newer telemux or restore a matching backup"
-            ));
-        }
+        let applied = known_version(version)?;
         if applied == known {
             return Ok(());
         }
@@ -422,9 +419,6 @@ impl Checkpointer {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let run = move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
-                if std::env::var_os("X_NOBG").is_some() {
-                    continue;
-                }
                 let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 if let Err(e) = copied {
                     // Harmless: the writer's checkpoint still bounds the WAL.
@@ -565,18 +559,16 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()
     rows.sort_by_key(|r| (r.device_id as i64, r.channel, r.ts_us, r.seq as i64));
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
-        let mut chunks = rows.chunks_exact(INSERT_ROWS_PER_STATEMENT);
-        let mut insert = tx.prepare_cached(&INSERT_READINGS)?;
-        for chunk in &mut chunks {
-            for (i, row) in chunk.iter().enumerate() {
-                bind_reading(&mut insert, i * 6, row)?;
-            }
-            insert.raw_execute()?;
-        }
         let mut insert = tx.prepare_cached(INSERT_READING)?;
-        for row in chunks.remainder() {
-            bind_reading(&mut insert, 0, row)?;
-            insert.raw_execute()?;
+        for row in &rows {
+            insert.execute((
+                row.device_id as i64,
+                row.channel,
+                row.ts_us,
+                row.seq as i64,
+                row.quality,
+                to_sql(row.value),
+            ))?;
         }
         let mut latest = tx.prepare_cached(UPSERT_LATEST)?;
         let newest = rows.iter().enumerate().filter(|&(i, r)| {
@@ -602,20 +594,6 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()
         }
     }
     tx.commit()
-}
-
-/// Binds `row` to parameters `first + 1 ..= first + 6` of an insert into readings.
-fn bind_reading(
-    insert: &mut rusqlite::Statement<'_>,
-    first: usize,
-    row: &Row,
-) -> rusqlite::Result<()> {
-    insert.raw_bind_parameter(first + 1, row.device_id as i64)?;
-    insert.raw_bind_parameter(first + 2, row.channel)?;
-    insert.raw_bind_parameter(first + 3, row.ts_us)?;
-    insert.raw_bind_parameter(first + 4, row.seq as i64)?;
-    insert.raw_bind_parameter(first + 5, row.quality)?;
-    insert.raw_bind_parameter(first + 6, to_sql(row.value))
 }
 
 /// A `delete_older_than` in progress: series by series through the index, in chunks.
