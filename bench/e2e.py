@@ -24,11 +24,14 @@ def free_port():
 
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = min(hard, 1 << 20)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except ValueError:
-        pass
+    want = 1 << 20
+    try:  # root may raise the hard limit too (up to fs.nr_open)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
@@ -96,10 +99,19 @@ def bare_insert(rows, batch, sync, devices, channels):
 
 
 def throughput(q):
+    """Capacity under overload (TCP backpressure sets the pace), then a run at 90% of it that
+    must be sustained with nothing lost: that one is the figure we quote."""
     rows = []
     dur = "10s" if q else "20s"
-    for devices, rate, readings in [(1000, 50, 64), (10000, 5, 64)]:
+    for devices, readings in [(1000, 64), (10000, 64)]:
         for sync in ["full", "normal"]:
+            s = Server(sync)
+            try:
+                over = sim(s, devices, 50 if devices == 1000 else 5, readings, "8s", extra=["--drain-timeout", "30s"])
+            finally:
+                s.stop()
+            cap = over["readings_acked_per_s"]
+            rate = max(round(0.9 * cap / (devices * readings), 3), 0.01)
             s = Server(sync)
             try:
                 r = sim(s, devices, rate, readings, dur)
@@ -107,13 +119,13 @@ def throughput(q):
                 s.stop()
             bare = bare_insert(int(min(max(r["readings_acked"], 500_000), 4_000_000)), 65536, sync, devices, readings)
             e2e = r["readings_acked_per_s"]
-            rows.append((devices, sync, devices * rate * readings, e2e, bare["rows_per_s"], e2e / bare["rows_per_s"],
+            rows.append((devices, sync, cap, devices * rate * readings, e2e, bare["rows_per_s"], e2e / bare["rows_per_s"],
                          r["ack_latency_ms"]["p50"], r["ack_latency_ms"]["p99"], r["lost"]))
-            print(f"  throughput {devices} devices sync={sync}: {e2e:,.0f} readings/s (bare {bare['rows_per_s']:,.0f}/s)", file=sys.stderr)
-    t = ["| devices | sync | offered readings/s | acked readings/s (end to end) | bare inserts rows/s | ratio | ack p50 ms | ack p99 ms | lost |",
-         "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for d, sync, off, e2e, bare, ratio, p50, p99, lost in rows:
-        t.append(f"| {d:,} | {sync} | {off:,} | {e2e:,.0f} | {bare:,.0f} | {ratio:.0%} | {p50:.1f} | {p99:.1f} | {lost} |")
+            print(f"  throughput {devices} devices sync={sync}: capacity {cap:,.0f}/s, sustained {e2e:,.0f}/s (bare {bare['rows_per_s']:,.0f}/s, lost {r['lost']})", file=sys.stderr)
+    t = ["| devices | sync | capacity under overload, readings/s | offered (90%) | acked readings/s, sustained | bare inserts rows/s | sustained / bare | ack p50 ms | ack p99 ms | lost |",
+         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for d, sync, cap, off, e2e, bare, ratio, p50, p99, lost in rows:
+        t.append(f"| {d:,} | {sync} | {cap:,.0f} | {off:,.0f} | {e2e:,.0f} | {bare:,.0f} | {ratio:.0%} | {p50:.1f} | {p99:.1f} | {lost} |")
     return "\n".join(t), rows
 
 
@@ -140,7 +152,7 @@ def rss(q):
     limit = raise_nofile()
     rows = []
     for n in ([10000] if q else [10000, 50000]):
-        if n * 2 + 1000 > limit:
+        if n + 1000 > limit:
             rows.append(f"| {n:,} | skipped: open-file limit {limit} | | |")
             continue
         s = Server("normal")
@@ -178,7 +190,7 @@ def main():
     sc = a.scenarios.split(",")
     if "throughput" in sc:
         table, rows = throughput(a.quick)
-        for d, sync, _, e2e, *_ in rows:
+        for d, sync, _cap, _off, e2e, *_ in rows:
             if d == 1000:
                 max_rate[sync] = e2e
         out += ["### Sustained ingest (acks after commit)", "", table, ""]

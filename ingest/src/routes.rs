@@ -19,9 +19,10 @@ use crate::edge::Peer;
 use crate::server::{App, PeerAddr};
 use crate::telemetry as m;
 
-/// WebSocket read buffer per device connection: frames are small, so the library's 128 KiB
-/// default would dominate memory at 10k+ connections.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// WebSocket read buffer per device connection. Frames are small, so the library's 128 KiB
+/// default would dominate memory at 10k+ connections; at 1 KiB an idle connection costs the
+/// server about 7.6 KiB (BENCHMARKS.md), and a larger frame simply takes several reads.
+const WS_READ_BUFFER: usize = 1024;
 
 /// A JSON error response.
 pub fn json_error(
