@@ -22,7 +22,7 @@ use dashboard::{DriveOptions, Format, Grants, Session};
 
 use crate::auth::{AuthError, Claims};
 use crate::limits::ConnectionSlot;
-use crate::routes::{bearer, is_websocket_request, json_error};
+use crate::routes::{bearer, is_websocket_request, json_error, retry_later};
 use crate::server::{App, PeerAddr};
 use crate::telemetry as m;
 
@@ -130,19 +130,15 @@ fn admit(
     };
     let Some(slot) = app.live_connections.try_acquire() else {
         metrics::counter!(m::RATE_LIMITED, "limit" => "live_max_clients").increment(1);
-        let mut r = json_error(
+        return Err(Box::new(retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_live_clients",
             format!(
                 "the server holds its maximum of {} dashboard connections",
                 app.config.live_max_clients
             ),
-        );
-        r.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("5"),
-        );
-        return Err(Box::new(r));
+            "5",
+        )));
     };
     Ok(Admitted {
         claims,

@@ -34,6 +34,21 @@ pub fn json_error(
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
+/// A JSON error that asks the client to come back later (`Retry-After: seconds`).
+pub fn retry_later(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+    seconds: &'static str,
+) -> warp::reply::Response {
+    let mut r = json_error(status, code, message);
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static(seconds),
+    );
+    r
+}
+
 /// Every route of the server.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let with_app = {
@@ -218,7 +233,7 @@ fn device_upgrade(
     // Rate first: refusing a flood must not cost a signature check per attempt.
     if !app.connect_rate.check(addr.ip()) {
         metrics::counter!(m::RATE_LIMITED, "limit" => "connect_rate_per_ip").increment(1);
-        let mut r = json_error(
+        return retry_later(
             StatusCode::TOO_MANY_REQUESTS,
             "connect_rate_limited",
             format!(
@@ -226,12 +241,8 @@ fn device_upgrade(
                 app.config.connect_rate_per_ip,
                 addr.ip()
             ),
+            "1",
         );
-        r.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("1"),
-        );
-        return r;
     }
     let (device_id, claims) =
         match bearer(&headers, &query).and_then(|t| app.authority.verify_device(&t)) {
@@ -251,19 +262,15 @@ fn device_upgrade(
     };
     let Some(slot) = app.connections.try_acquire() else {
         metrics::counter!(m::RATE_LIMITED, "limit" => "max_connections").increment(1);
-        let mut r = json_error(
+        return retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             format!(
                 "the server holds its maximum of {} device connections",
                 app.config.max_connections
             ),
+            "5",
         );
-        r.headers_mut().insert(
-            http::header::RETRY_AFTER,
-            http::HeaderValue::from_static("5"),
-        );
-        return r;
     };
     let conn_id = app.next_conn_id();
     let max = app.config.max_frame_bytes;
