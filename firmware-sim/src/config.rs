@@ -111,6 +111,29 @@ pub struct SimConfig {
     /// Apply `clock_skew` backwards (device clock behind the server's).
     #[arg(long)]
     pub clock_behind: bool,
+    /// Dashboard load: clients on `/v1/live` (or MQTT subscribers with `--mqtt-broker`), each
+    /// subscribed to `--dashboard-devices` random devices of the fleet.
+    #[arg(long, env = "SIM_DASHBOARDS", default_value_t = 0)]
+    pub dashboards: u32,
+    /// Devices each `--dashboards` client subscribes to (distinct, chosen at random).
+    #[arg(long, default_value_t = 10)]
+    pub dashboard_devices: u32,
+    /// Dashboard clients subscribed to all devices (`*`; MQTT: `devices/+/telemetry`).
+    #[arg(long, default_value_t = 0)]
+    pub dashboard_all: u32,
+    /// Dashboard clients that subscribe to all devices and then never read (slow consumers).
+    #[arg(long, default_value_t = 0)]
+    pub stalled_dashboards: u32,
+    /// Operator token for the dashboard clients; default: minted from `--secret-file`.
+    #[arg(long, env = "SIM_OPERATOR_TOKEN")]
+    pub operator_token: Option<String>,
+    /// After the devices finished, how long dashboard clients wait for readings still on the way.
+    #[arg(long, default_value = "5s")]
+    pub dashboard_grace: Dur,
+    /// MQTT broker `HOST:PORT`: devices publish their frames (QoS 1) to `devices/<id>/telemetry`
+    /// there and dashboard clients subscribe there (QoS 0), instead of using `--url`.
+    #[arg(long, env = "SIM_MQTT_BROKER")]
+    pub mqtt_broker: Option<String>,
     /// Write the summary as JSON to this path (`-` for stdout).
     #[arg(long)]
     pub json: Option<String>,
@@ -133,12 +156,43 @@ impl SimConfig {
         }
     }
 
+    /// The live (dashboard) WebSocket URL.
+    pub fn live_url(&self) -> String {
+        let base = self.url.trim_end_matches('/');
+        let base = base.strip_suffix("/v1/devices/ws").unwrap_or(base);
+        if base.ends_with("/v1/live") {
+            base.to_string()
+        } else {
+            format!("{base}/v1/live")
+        }
+    }
+
+    /// Dashboard clients of every kind.
+    pub fn dashboard_clients(&self) -> u32 {
+        self.dashboards
+            .saturating_add(self.dashboard_all)
+            .saturating_add(self.stalled_dashboards)
+    }
+
     /// Checks combinations clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.secret_file.is_none() && self.token_file.is_none() {
+        if self.mqtt_broker.is_none() && self.secret_file.is_none() && self.token_file.is_none() {
             return Err(
                 "give --secret-file (the server's <data-dir>/token-secret) or --token-file".into(),
             );
+        }
+        if self.mqtt_broker.is_none()
+            && self.dashboard_clients() > 0
+            && self.secret_file.is_none()
+            && self.operator_token.is_none()
+        {
+            return Err("dashboard clients need --secret-file or --operator-token".into());
+        }
+        if self.dashboards > 0 && !(1..=self.devices).contains(&self.dashboard_devices) {
+            return Err(format!(
+                "--dashboard-devices must be 1..=--devices ({}), got {}",
+                self.devices, self.dashboard_devices
+            ));
         }
         if !(self.rate > 0.0 && self.rate.is_finite()) {
             return Err(format!(

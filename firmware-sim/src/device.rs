@@ -31,15 +31,15 @@ use crate::token::Tokens;
 const SEQ_BLOCK: u64 = 1000;
 
 /// A frame sent and not yet acked.
-struct Pending {
+pub(crate) struct Pending {
     /// Its sequence number.
-    seq: u64,
+    pub(crate) seq: u64,
     /// Its bytes (flags patched to RESENT when re-sent).
-    bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// Readings it carries.
-    readings: u64,
+    pub(crate) readings: u64,
     /// When it was last sent.
-    sent_at: Instant,
+    pub(crate) sent_at: Instant,
 }
 
 /// Shared run context.
@@ -48,8 +48,8 @@ pub struct Fleet {
     pub cfg: SimConfig,
     /// Token source.
     pub tokens: Tokens,
-    /// Counters.
-    pub stats: Stats,
+    /// Counters (shared with the dashboard clients).
+    pub stats: Arc<Stats>,
     /// Server address (host:port) for the TCP connect.
     pub server: SocketAddr,
     /// Source addresses to bind.
@@ -58,6 +58,8 @@ pub struct Fleet {
     pub stop_at: Instant,
     /// When draining gives up.
     pub drain_until: Instant,
+    /// What each device sent, when dashboard clients check their streams against it.
+    pub ledger: Option<Arc<crate::ledger::Ledger>>,
 }
 
 /// How a connection ended.
@@ -72,16 +74,28 @@ enum Ended {
 
 /// The device's state across connections.
 pub struct Device {
-    fleet: Arc<Fleet>,
-    id: u64,
-    index: u32,
+    /// Shared run context.
+    pub(crate) fleet: Arc<Fleet>,
+    /// Device id.
+    pub(crate) id: u64,
+    /// Index in the fleet (source address, ledger).
+    pub(crate) index: u32,
+    /// Next sequence number.
     next_seq: u64,
-    buffer: VecDeque<Pending>,
-    rng: SmallRng,
+    /// Store-and-forward buffer: sent and not yet acked, oldest first.
+    pub(crate) buffer: VecDeque<Pending>,
+    /// Randomness (seeded per device).
+    pub(crate) rng: SmallRng,
+    /// Sensor values.
     signal: Signal,
-    backoff: Backoff,
-    latency: Histogram<u64>,
-    connected_once: bool,
+    /// Reconnect delays.
+    pub(crate) backoff: Backoff,
+    /// Ack latency of this device (merged into the fleet's at the end).
+    pub(crate) latency: Histogram<u64>,
+    /// Whether a connection succeeded before (the next one is a reconnect).
+    pub(crate) connected_once: bool,
+    /// Time of the last reading of the previous frame (the next frame's readings come after it).
+    last_ts: i64,
 }
 
 type Socket = WebSocketStream<TcpStream>;
@@ -104,12 +118,16 @@ impl Device {
             backoff,
             latency: latency_histogram(),
             connected_once: false,
+            last_ts: i64::MIN,
         }
     }
 
     /// Runs until the run is over and everything is acked (or the drain timed out). Sampling
     /// goes on while disconnected: frames wait in the buffer (store-and-forward).
     pub async fn run(mut self) {
+        if self.fleet.cfg.mqtt_broker.is_some() {
+            return crate::mqtt::run_device(self).await;
+        }
         let period = Duration::from_secs_f64(1.0 / self.fleet.cfg.rate);
         let first = Instant::now()
             + Duration::from_secs_f64(self.rng.random::<f64>() * period.as_secs_f64());
@@ -162,7 +180,7 @@ impl Device {
     }
 
     /// Waits until `until` (bounded by the drain deadline), still sampling into the buffer.
-    async fn offline(&mut self, tick: &mut tokio::time::Interval, until: Instant) {
+    pub(crate) async fn offline(&mut self, tick: &mut tokio::time::Interval, until: Instant) {
         let until = until.min(self.fleet.drain_until);
         loop {
             let generating = Instant::now() < self.fleet.stop_at;
@@ -242,32 +260,58 @@ impl Device {
         }
     }
 
+    /// The reading times of the next frame, `n` of them: strictly increasing, after the previous
+    /// frame's last reading, spread over at most one period, and the last one is the send time
+    /// (now, plus the configured clock skew), so dashboards measure latency from it.
+    fn reading_times(&mut self, n: usize) -> Vec<i64> {
+        let cfg = &self.fleet.cfg;
+        let skew = i64::try_from(cfg.clock_skew.0.as_micros()).unwrap_or(i64::MAX);
+        let now = codecs_now_us() + if cfg.clock_behind { -skew } else { skew };
+        let n = n.max(1) as i64;
+        // Distinct times need n microseconds after the previous frame (a clock step back, or
+        // two frames within n us, moves the send time by at most that).
+        let now = now.max(self.last_ts.saturating_add(n));
+        let period = (1_000_000.0 / cfg.rate) as i64;
+        let span = now
+            .saturating_sub(self.last_ts)
+            .saturating_sub(1)
+            .min(period)
+            .max(n - 1);
+        self.last_ts = now;
+        (0..n)
+            .map(|i| {
+                if n == 1 {
+                    now
+                } else {
+                    now - span + span * i / (n - 1)
+                }
+            })
+            .collect()
+    }
+
     /// Samples the next frame into the buffer; returns the bytes to put on the wire now
     /// (possibly corrupted in transit, as `--corrupt` asks). Counted as sent: if the device is
     /// offline it goes out with the buffer on the next connection.
-    fn generate(&mut self) -> Vec<u8> {
-        let cfg = &self.fleet.cfg;
+    pub(crate) fn generate(&mut self) -> Vec<u8> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let skew = i64::try_from(cfg.clock_skew.0.as_micros()).unwrap_or(i64::MAX);
-        let base = codecs_now_us() + if cfg.clock_behind { -skew } else { skew };
         let meta = FrameMeta {
             device_id: self.id,
             seq,
             flags: 0,
         };
-        let mut bytes = Vec::with_capacity(64 + usize::from(cfg.readings) * 16);
-        let spread = (1_000_000.0 / cfg.rate) as u32;
-        let readings = match cfg.layout {
+        let layout = self.fleet.cfg.layout;
+        let n_readings = self.fleet.cfg.readings;
+        let mut bytes = Vec::with_capacity(64 + usize::from(n_readings) * 16);
+        let readings = match layout {
             Layout::Telemetry => {
-                let n = cfg.readings;
+                let times = self.reading_times(usize::from(n_readings));
+                let base = times[0];
                 let mut w = codecs::TelemetryWriter::begin(&mut bytes, meta, base);
-                for i in 0..n {
-                    let off = spread / u32::from(n) * u32::from(i);
-                    let v = self
-                        .signal
-                        .value(&mut self.rng, i + 1, base + i64::from(off));
-                    if w.push(i + 1, 0, off, v).is_err() {
+                for (i, ts) in (1..=n_readings).zip(&times) {
+                    let v = self.signal.value(&mut self.rng, i, *ts);
+                    let off = u32::try_from(ts - base).unwrap_or(u32::MAX);
+                    if w.push(i, 0, off, v).is_err() {
                         break;
                     }
                 }
@@ -276,10 +320,10 @@ impl Device {
                 n
             }
             Layout::Environment => {
-                let packets = usize::from(cfg.readings / 4).max(1);
+                let packets = usize::from(n_readings / 4).max(1);
+                let times = self.reading_times(packets);
                 let mut list = Vec::with_capacity(packets);
-                for i in 0..packets {
-                    let ts = base + (i64::from(spread) / packets as i64) * i as i64;
+                for ts in times {
                     let (t, h, p, b) = self.signal.environment(&mut self.rng, ts);
                     list.push(codecs::EnvPacket::new(ts, t, h, p, b, 0));
                 }
@@ -289,15 +333,17 @@ impl Device {
                 packets as u64 * 4
             }
         };
+        if let Some(ledger) = &self.fleet.ledger {
+            ledger.record(self.index as usize, self.last_ts, readings);
+        }
+        let cfg = &self.fleet.cfg;
         let stats = &self.fleet.stats;
         Stats::inc(&stats.frames_sent);
         Stats::add(&stats.readings_sent, readings);
         Stats::inc(&stats.in_flight);
-        if self.buffer.len() >= cfg.buffer_frames {
-            if self.buffer.pop_front().is_some() {
-                Stats::inc(&stats.frames_dropped);
-                Stats::sub(&stats.in_flight, 1);
-            }
+        if self.buffer.len() >= cfg.buffer_frames && self.buffer.pop_front().is_some() {
+            Stats::inc(&stats.frames_dropped);
+            Stats::sub(&stats.in_flight, 1);
         }
         let corrupt = cfg.corrupt > 0.0 && self.rng.random::<f64>() < cfg.corrupt;
         let mut wire = bytes.clone();

@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
             }
         };
         let written = if path == "-" {
-            Ok(println!("{text}"))
+            println!("{text}");
+            Ok(())
         } else {
             std::fs::write(&path, text + "\n")
         };

@@ -8,6 +8,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::dashboards::DashboardSummary;
+
 /// Live counters (relaxed atomics: read for progress, summed exactly at the end).
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -41,6 +43,8 @@ pub struct Stats {
     pub watchdog_reconnects: AtomicU64,
     /// Frames sent and not yet acked, dropped or refused.
     pub in_flight: AtomicU64,
+    /// Readings received by dashboard clients (for the progress line).
+    pub dashboard_readings: AtomicU64,
     /// Error frames by reason name.
     pub errors_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Close codes received from the server, by code.
@@ -106,8 +110,9 @@ impl Stats {
     /// One progress line.
     pub fn progress_line(&self, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(0.001);
+        let live = Stats::get(&self.dashboard_readings);
         format!(
-            "{:>6.1}s sent {} acked {} in-flight {} reconnects {} errors {} readings/s {:.0}",
+            "{:>6.1}s sent {} acked {} in-flight {} reconnects {} errors {} readings/s {:.0}{}",
             secs,
             Stats::get(&self.frames_sent),
             Stats::get(&self.frames_acked),
@@ -115,16 +120,17 @@ impl Stats {
             Stats::get(&self.reconnects),
             Stats::get(&self.errors),
             Stats::get(&self.readings_acked) as f64 / secs,
+            if live > 0 {
+                format!(" dashboard readings {live}")
+            } else {
+                String::new()
+            },
         )
     }
 
     /// The final summary.
     pub fn summary(&self, devices: u32, duration: Duration, expected_errors: bool) -> Summary {
         let lat = self.ack_latency_us.lock().ok().and_then(|g| g.clone());
-        let q = |p: f64| {
-            lat.as_ref()
-                .map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0)
-        };
         let secs = duration.as_secs_f64().max(0.001);
         let frames_sent = Stats::get(&self.frames_sent);
         let frames_acked = Stats::get(&self.frames_acked);
@@ -163,22 +169,31 @@ impl Stats {
             watchdog_reconnects: Stats::get(&self.watchdog_reconnects),
             frames_acked_per_s: frames_acked as f64 / secs,
             readings_acked_per_s: Stats::get(&self.readings_acked) as f64 / secs,
-            ack_latency_ms: Latency {
-                p50: q(0.5),
-                p90: q(0.9),
-                p99: q(0.99),
-                p999: q(0.999),
-                max: lat.as_ref().map_or(0.0, |h| h.max() as f64 / 1000.0),
-                samples: lat.as_ref().map_or(0, |h| h.len()),
-            },
+            ack_latency_ms: Latency::from_histogram(lat.as_ref()),
             lost,
             ok: lost == 0,
+            dashboards: DashboardSummary::default(),
+        }
+    }
+}
+
+impl Latency {
+    /// Percentiles of a histogram of microseconds (zeros without one).
+    pub fn from_histogram(h: Option<&Histogram<u64>>) -> Latency {
+        let q = |p: f64| h.map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0);
+        Latency {
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: h.map_or(0.0, |h| h.max() as f64 / 1000.0),
+            samples: h.map_or(0, |h| h.len()),
         }
     }
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Latency {
     /// Median.
     pub p50: f64,
@@ -243,8 +258,11 @@ pub struct Summary {
     pub ack_latency_ms: Latency,
     /// Frames lost that the options did not ask to lose (dropped + unacked + unexpected refusals).
     pub lost: u64,
-    /// `lost == 0`.
+    /// `lost == 0`, and with dashboard clients `dashboard_ok` too.
     pub ok: bool,
+    /// Dashboard clients (the `dashboard_*` keys).
+    #[serde(flatten)]
+    pub dashboards: DashboardSummary,
 }
 
 impl Summary {
@@ -306,12 +324,29 @@ impl Summary {
         for (code, n) in &self.closes_by_code {
             rows.push((format!("  close {code}"), n.to_string()));
         }
+        if self.dashboards.dashboard_clients > 0 {
+            rows.extend(self.dashboards.rows());
+        }
+        if self.dashboards.dashboard_clients > 0 {
+            rows.push((
+                "dashboard check".into(),
+                if self.dashboards.dashboard_ok {
+                    "ok".into()
+                } else {
+                    "FAILED  <-- gaps, duplicates or failed clients".into()
+                },
+            ));
+        }
         rows.push((
             "LOST".into(),
             format!(
                 "{}{}",
                 self.lost,
-                if self.ok { "" } else { "  <-- data loss" }
+                if self.lost == 0 {
+                    ""
+                } else {
+                    "  <-- data loss"
+                }
             ),
         ));
         let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

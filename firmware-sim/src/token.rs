@@ -1,5 +1,6 @@
 //! Device tokens: minted from the server's secret file (the same HS256 format as
-//! `ingest token device`), or read from a file of `DEVICE_ID TOKEN` lines.
+//! `ingest token device`), or read from a file of `DEVICE_ID TOKEN` lines; operator tokens for
+//! dashboard clients minted from the same secret.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,6 +14,8 @@ pub enum Tokens {
     Secret(EncodingKey),
     /// Fixed per device.
     File(HashMap<u64, String>),
+    /// No tokens (devices publish to an MQTT broker).
+    None,
 }
 
 /// Why tokens are unavailable.
@@ -40,14 +43,37 @@ pub enum TokenError {
     /// Minting failed.
     #[error("cannot mint token: {0}")]
     Mint(String),
+    /// Dashboard clients need an operator token and none can be had.
+    #[error("dashboard clients need an operator token: give --secret-file or --operator-token")]
+    NoOperatorToken,
 }
 
+/// Lifetime of a minted operator token (longer than any run).
+const OPERATOR_TTL_S: u64 = 24 * 3600;
+
+/// Token claims, as `ingest`'s `auth::Claims` reads them.
 #[derive(Serialize)]
 struct Claims<'a> {
+    /// `device:<id>` or `operator:<name>`.
     sub: &'a str,
+    /// Issued at, seconds.
     iat: u64,
+    /// Issued at, milliseconds.
     iat_ms: u64,
+    /// Expiry, seconds (operator tokens only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<u64>,
+    /// Unique id.
     jti: String,
+    /// What an operator token may watch (empty for device tokens).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    devices: Vec<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Tokens {
@@ -99,19 +125,40 @@ impl Tokens {
                 .cloned()
                 .ok_or(TokenError::Missing(device_id)),
             Tokens::Secret(key) => {
-                let ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
+                let ms = now_ms();
                 let sub = format!("device:{device_id}");
                 let claims = Claims {
                     sub: &sub,
                     iat: ms / 1000,
                     iat_ms: ms,
+                    exp: None,
                     jti: format!("sim-{device_id}-{ms}"),
+                    devices: Vec::new(),
                 };
                 jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
                     .map_err(|e| TokenError::Mint(e.to_string()))
             }
+            Tokens::None => Err(TokenError::Missing(device_id)),
         }
+    }
+
+    /// An operator token (same format as `ingest token operator --devices '*'`) allowed to watch
+    /// every device, valid for a day; only with a secret.
+    pub fn operator(&self, name: &str) -> Result<String, TokenError> {
+        let Tokens::Secret(key) = self else {
+            return Err(TokenError::NoOperatorToken);
+        };
+        let ms = now_ms();
+        let sub = format!("operator:{name}");
+        let claims = Claims {
+            sub: &sub,
+            iat: ms / 1000,
+            iat_ms: ms,
+            exp: Some(ms / 1000 + OPERATOR_TTL_S),
+            jti: format!("sim-{name}-{ms}"),
+            devices: vec!["*".to_string()],
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+            .map_err(|e| TokenError::Mint(e.to_string()))
     }
 }
