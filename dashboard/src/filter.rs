@@ -6,6 +6,11 @@
 //! `*` (every device), a device id (`42`), or `tag:<pattern>` (devices carrying a matching tag).
 
 use std::collections::HashSet;
+
+/// A set of device ids. FxHash instead of SipHash: membership is tested for every reading every
+/// client scans (the fan-out hot path), and the keys come from operators' subscriptions, not from
+/// untrusted input that could be chosen to collide.
+pub type IdSet = HashSet<u64, rustc_hash::FxBuildHasher>;
 use std::sync::Arc;
 
 /// A tag or a tag prefix.
@@ -170,7 +175,7 @@ pub enum Grants {
     /// These device ids and the devices carrying these tags.
     Some {
         /// Granted ids.
-        ids: HashSet<u64>,
+        ids: IdSet,
         /// Granted tag patterns.
         tags: Vec<TagPattern>,
     },
@@ -179,7 +184,7 @@ pub enum Grants {
 impl Grants {
     /// Parses the `devices` claim of an operator token. An empty list grants nothing.
     pub fn parse<S: AsRef<str>>(grants: &[S]) -> Result<Grants, GrantError> {
-        let mut ids = HashSet::new();
+        let mut ids = IdSet::default();
         let mut tags = Vec::new();
         for g in grants {
             let g = g.as_ref().trim();
@@ -226,7 +231,7 @@ pub enum Resolved {
     /// Every device.
     All,
     /// These devices.
-    Set(Arc<HashSet<u64>>),
+    Set(Arc<IdSet>),
 }
 
 impl Resolved {

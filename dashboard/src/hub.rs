@@ -6,7 +6,9 @@
 //! a short write lock, updates the latest values, and bumps the head position (a `watch`), which
 //! wakes the client tasks. Clients only hold a cursor (a position); the data is stored once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use crate::filter::IdSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
@@ -343,7 +345,7 @@ impl Hub {
             let tags = devices.by_id.get(&id).map(|d| &d.tags[..]).unwrap_or(&[]);
             grants.allows(id, tags)
         };
-        let set: HashSet<u64> = match selector {
+        let set: IdSet = match selector {
             Selector::All if *grants == Grants::All => return Resolved::All,
             Selector::All => match grants {
                 Grants::All => return Resolved::All,

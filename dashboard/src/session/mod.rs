@@ -3,7 +3,7 @@
 //! `overflow`). Transport-free: the driver feeds it control messages and asks it for
 //! the next data to send whenever the client can take more.
 
-use std::collections::HashSet;
+use crate::filter::IdSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -363,7 +363,7 @@ impl Session {
 
     /// All watched devices.
     fn union(&self) -> Resolved {
-        let mut ids = HashSet::new();
+        let mut ids = IdSet::default();
         for s in &self.subs {
             match &s.set {
                 Resolved::All => return Resolved::All,
