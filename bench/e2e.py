@@ -14,6 +14,8 @@ the `<!-- e2e:begin -->` and `<!-- e2e:end -->` markers of the given file.
 """
 import argparse, json, os, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
 
+from mdsection import write_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 
@@ -201,15 +203,7 @@ def main():
     text = "\n".join(out)
     print(text)
     if a.write:
-        path = os.path.join(ROOT, a.write)
-        doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-        b, e = "<!-- e2e:begin -->", "<!-- e2e:end -->"
-        section = f"{b}\n{text}\n{e}"
-        if b in doc and e in doc:
-            doc = doc[:doc.index(b)] + section + doc[doc.index(e) + len(e):]
-        else:
-            doc = doc.rstrip() + "\n\n## End to end (ingest + firmware-sim)\n\n" + section + "\n"
-        open(path, "w").write(doc)
+        write_section(os.path.join(ROOT, a.write), "e2e", "End to end (ingest + firmware-sim)", text)
 
 
 if __name__ == "__main__":

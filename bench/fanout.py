@@ -30,6 +30,8 @@ Builds release binaries first. Prints Markdown; --write replaces the section bet
 """
 import argparse, json, os, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
 
+from mdsection import write_section
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -268,15 +270,7 @@ def main():
     text = "\n".join(out)
     print(text)
     if a.write:
-        path = os.path.join(ROOT, a.write)
-        doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-        b, e = "<!-- fanout:begin -->", "<!-- fanout:end -->"
-        section = f"{b}\n{text}\n{e}"
-        if b in doc and e in doc:
-            doc = doc[:doc.index(b)] + section + doc[doc.index(e) + len(e):]
-        else:
-            doc = doc.rstrip() + "\n\n## Live fan-out (telemux live hub vs Mosquitto)\n\n" + section + "\n"
-        open(path, "w").write(doc)
+        write_section(os.path.join(ROOT, a.write), "fanout", "Live fan-out (telemux live hub vs Mosquitto)", text)
 
 
 if __name__ == "__main__":
