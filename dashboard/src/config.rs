@@ -6,7 +6,8 @@ use std::time::Duration;
 /// Default resume window: how long a reading stays in the log for clients that reconnect.
 pub const DEFAULT_RESUME_WINDOW: Duration = Duration::from_secs(120);
 /// Default byte bound of the log (whichever of time and bytes is reached first evicts).
-/// 256 MiB hold 8M readings (32 bytes each): two minutes at ~70k readings/s.
+/// 256 MiB hold 7.4M readings (36 bytes each: record, arrival tick, per-device link): two
+/// minutes at ~60k readings/s.
 pub const DEFAULT_LOG_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// Default bound of one client's backlog, in readings.
 pub const DEFAULT_MAX_BACKLOG_READINGS: usize = 4096;

@@ -1,5 +1,6 @@
-//! The connection loop shared by every transport: reads control messages, wakes on new readings
-//! and presence changes, hands the session's output to a bounded queue (the transport's writer
+//! The connection loop shared by every transport: reads control messages, wakes when the hub
+//! routes a publish to this client (its devices, or every publish for broad subscriptions) and
+//! on presence changes, hands the session's output to a bounded queue (the transport's writer
 //! drains it), and closes on shutdown, token expiry, revocation, heartbeat loss or a client that
 //! stays behind past the slow-consumer deadline.
 //!
@@ -89,8 +90,11 @@ where
     I: Stream<Item = Inbound> + Unpin,
 {
     let hub = session.hub().clone();
-    let mut head_rx = hub.watch_head();
-    let mut head = *head_rx.borrow_and_update();
+    let signal = session.signal();
+    // Whether readings may wait for the client: set by a wake-up from the hub or a control
+    // message, cleared when the session reports it reached the head. A publish after that
+    // leaves a permit in `signal`, so no wake-up is lost.
+    let mut dirty = true;
     let mut presence = hub.presence_events();
     let limits = session.limits().clone();
     let mut ping =
@@ -101,7 +105,7 @@ where
     let mut inbound_open = true;
     let mut hub_open = true;
     loop {
-        let want_send = !staged.is_empty() || session.pending(head);
+        let want_send = !staged.is_empty() || dirty;
         if !want_send {
             // Nothing waits for the client: whatever it was behind on, it has been given.
             session.clear_behind();
@@ -128,6 +132,7 @@ where
                         Step::Close(c) => return c,
                         Step::Idle | Step::Progress => {}
                     }
+                    dirty = session.has_more();
                 }
                 if let Some(msg) = staged.pop_front() {
                     permit.send(msg);
@@ -138,6 +143,7 @@ where
                 Some(Inbound::Text(text)) => {
                     unanswered = 0;
                     staged.extend(session.handle_text(&text));
+                    dirty = true;
                 }
                 Some(Inbound::Binary) => staged.push_back(session.handle_binary()),
                 Some(Inbound::Alive) => unanswered = 0,
@@ -146,13 +152,7 @@ where
                 Some(Inbound::Lost) => return close::CONNECTION_LOST,
                 None => inbound_open = false,
             },
-            changed = head_rx.changed(), if hub_open => {
-                if changed.is_err() {
-                    hub_open = false;
-                    continue;
-                }
-                head = *head_rx.borrow_and_update();
-            }
+            _ = signal.notified(), if !dirty => dirty = true,
             ev = presence.recv(), if hub_open => match ev {
                 Ok(ev) => staged.extend(session.on_presence(ev)),
                 Err(broadcast::error::RecvError::Lagged(_)) => staged.push_back(session.presence_resync()),

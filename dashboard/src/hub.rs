@@ -1,10 +1,12 @@
 //! The hub: the one shared log of live readings, the latest value per (device, channel), device
-//! presence and tags, the head-position notification, and the cache of encoded frames that
-//! clients with the same subscriptions share.
+//! presence and tags, the head position, the routing table that says which client tasks a
+//! device's readings wake, and the cache of encoded frames that clients share.
 //!
 //! Publishing never blocks on clients and never waits for storage: it appends to the log under
-//! a short write lock, updates the latest values, and bumps the head position (a `watch`), which
-//! wakes the client tasks. Clients only hold a cursor (a position); the data is stored once.
+//! a short write lock, updates the latest values, bumps the head position (a `watch`), and wakes
+//! the clients routed to that device ([`crate::route`]). Clients only hold a cursor (a
+//! position); the data is stored once, and a frame is encoded once for all clients that send
+//! the same positions.
 
 use std::collections::HashMap;
 
@@ -14,21 +16,25 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use codecs::{LiveRecord, Reading};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::time::Instant;
 
 use crate::config::HubConfig;
 use crate::filter::{Grants, Resolved, Selector};
 use crate::log::{Log, TICK_MS};
 use crate::metrics as m;
+use crate::route::{Interest, Routes};
 
 /// Presence events buffered for slow client tasks; a task that lags further is re-sent the
 /// presence of its devices (`presence` message) instead.
 const PRESENCE_EVENTS: usize = 4096;
 /// Channels whose latest value is kept per device (for snapshots); more are not tracked.
 const MAX_CHANNELS_PER_DEVICE: usize = 256;
-/// Encoded frames kept for sharing between clients with identical subscriptions.
-const ENCODE_CACHE_SLOTS: usize = 32;
+/// Encoded frames kept per cache shard for sharing between clients that send the same positions.
+const ENCODE_CACHE_SLOTS: usize = 16;
+/// Shards of the encode cache (by last position), so client tasks on different cores rarely
+/// contend for one lock.
+const ENCODE_CACHE_SHARDS: usize = 8;
 
 /// A device came online or went offline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,24 +94,15 @@ impl Format {
     }
 }
 
-/// Which readings a cached frame holds: everything, or the readings of these sorted ids.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CacheFilter {
-    /// Every device.
-    All,
-    /// These devices (sorted).
-    Ids(Arc<[u64]>),
-}
-
-/// Key of a cached encoded frame: the readings matching `filter` in positions `(after, upto]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Key of a cached encoded frame: every reading in positions `first..=last` (a contiguous run,
+/// so the key alone fixes the content: any client sending exactly these positions sends the
+/// same bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheKey {
-    /// Devices.
-    pub filter: CacheFilter,
-    /// Exclusive start position.
-    pub after: u64,
-    /// Inclusive end position.
-    pub upto: u64,
+    /// First position.
+    pub first: u64,
+    /// Last position (the frame's `seq`).
+    pub last: u64,
     /// Encoding.
     pub format: Format,
 }
@@ -142,8 +139,12 @@ pub struct Hub {
     head: watch::Sender<u64>,
     /// Presence changes.
     presence: broadcast::Sender<PresenceEvent>,
-    /// Shared encoded frames.
-    cache: Mutex<EncodeCache>,
+    /// Shared encoded frames, sharded by last position.
+    cache: [Mutex<EncodeCache>; ENCODE_CACHE_SHARDS],
+    /// Which clients a device's publish wakes.
+    routes: RwLock<Routes>,
+    /// Next client id for [`Hub::new_client`].
+    next_client: AtomicU64,
 }
 
 /// The wall clock in microseconds since the epoch.
@@ -180,7 +181,9 @@ impl Hub {
             tags_generation: AtomicU64::new(0),
             head,
             presence,
-            cache: Mutex::new(EncodeCache::default()),
+            cache: std::array::from_fn(|_| Mutex::new(EncodeCache::default())),
+            routes: RwLock::new(Routes::default()),
+            next_client: AtomicU64::new(1),
         })
     }
 
@@ -212,32 +215,33 @@ impl Hub {
         readings: impl IntoIterator<Item = Reading>,
     ) -> Option<(u64, u64)> {
         let tick = self.tick();
-        let mut first = None;
-        let mut last = 0;
-        let mut latest: Vec<ChannelLatest> = Vec::new();
-        let (evicted, len, bytes) = {
+        let records: Vec<LiveRecord> = readings
+            .into_iter()
+            .map(|r| LiveRecord::new(device_id, r.channel, r.quality, r.ts_us, r.value))
+            .collect();
+        let (positions, evicted, len, bytes) = {
             let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
-            for r in readings {
-                let rec = LiveRecord::new(device_id, r.channel, r.quality, r.ts_us, r.value);
-                last = log.push(rec, tick);
-                first.get_or_insert(last);
-                let c = ChannelLatest {
-                    channel: r.channel,
-                    position: last,
-                    ts_us: r.ts_us,
-                    value: r.value,
-                    quality: r.quality,
-                };
-                match latest.iter_mut().find(|l| l.channel == r.channel) {
-                    Some(l) if l.ts_us <= r.ts_us => *l = c,
-                    Some(_) => {}
-                    None => latest.push(c),
-                }
-            }
+            let positions = log.push_device(device_id, &records, tick);
             let evicted = log.evict(tick);
-            (evicted, log.len(), log.bytes())
+            (positions, evicted, log.len(), log.bytes())
         };
-        let first = first?;
+        let (first, last) = positions?;
+        // Newest reading per channel of this publish (by reading time), for snapshots.
+        let mut latest: Vec<ChannelLatest> = Vec::new();
+        for (position, r) in (first..).zip(&records) {
+            let c = ChannelLatest {
+                channel: r.channel.get(),
+                position,
+                ts_us: r.ts_us.get(),
+                value: r.value.get(),
+                quality: r.quality.get(),
+            };
+            match latest.iter_mut().find(|l| l.channel == c.channel) {
+                Some(l) if l.ts_us <= c.ts_us => *l = c,
+                Some(_) => {}
+                None => latest.push(c),
+            }
+        }
         metrics::counter!(m::READINGS_PUBLISHED).increment(last - first + 1);
         if evicted > 0 {
             metrics::counter!(m::LOG_EVICTED).increment(evicted);
@@ -258,7 +262,26 @@ impl Hub {
             }
         }
         self.head.send_replace(last);
+        let woken = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .wake(device_id);
+        metrics::counter!(m::WAKEUPS).increment(woken as u64);
         Some((first, last))
+    }
+
+    /// A new client id and its wake-up signal (see [`Hub::set_interest`]).
+    pub fn new_client(&self) -> (u64, Arc<Notify>) {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        (id, Arc::new(Notify::new()))
+    }
+
+    /// Says which publishes wake client `id` from now on (`Interest::Nothing` when it leaves).
+    pub fn set_interest(&self, id: u64, signal: &Arc<Notify>, interest: Interest) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        routes.set(id, signal, interest);
+        metrics::gauge!(m::ROUTED_CLIENTS).set(routes.clients() as f64);
     }
 
     /// Appends the readings of an accepted device frame.
@@ -386,10 +409,15 @@ impl Hub {
         (out, truncated)
     }
 
+    fn cache_shard(&self, key: &CacheKey) -> std::sync::MutexGuard<'_, EncodeCache> {
+        let shard = &self.cache[(key.last % ENCODE_CACHE_SHARDS as u64) as usize];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A frame encoded earlier for exactly this key, if still cached.
     pub fn cached(&self, key: &CacheKey) -> Option<Bytes> {
-        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = cache
+        let hit = self
+            .cache_shard(key)
             .slots
             .iter()
             .find(|(k, _)| k == key)
@@ -399,9 +427,9 @@ impl Hub {
         hit
     }
 
-    /// Remembers an encoded frame for other clients with the same key.
+    /// Remembers an encoded frame for other clients sending the same positions.
     pub fn cache(&self, key: CacheKey, bytes: Bytes) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache_shard(&key);
         if cache.slots.len() < ENCODE_CACHE_SLOTS {
             cache.slots.push((key, bytes));
         } else {

@@ -7,6 +7,8 @@
 //!   what was lost).
 //! - [`hub`]: the log plus latest values, presence, tags, the head notification and the cache of
 //!   encoded frames; the server publishes here.
+//! - [`route`]: which client tasks a device's publish wakes (device -> clients, like a broker's
+//!   topic tree).
 //! - [`filter`]: subscription selectors, token grants, slow-consumer policies.
 //! - [`protocol`]: JSON control messages, replies, events, the JSON form of readings.
 //! - [`session`]: one client as a cursor into the log: subscriptions, batching; its `overflow`
@@ -55,6 +57,7 @@ pub mod hub;
 pub mod log;
 pub mod metrics;
 pub mod protocol;
+pub mod route;
 pub mod session;
 pub mod sse;
 pub mod ws;

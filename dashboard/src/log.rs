@@ -4,21 +4,38 @@
 //! resume window, by arrival) and by bytes; eviction removes the oldest readings and remembers,
 //! in coarse checkpoints, which reading times the evicted positions covered (for `gap`
 //! messages).
+//!
+//! # Per-device index
+//!
+//! Every entry also links back to the previous entry of the same device (a distance in
+//! positions), and the log keeps each device's newest position. A client watching a few devices
+//! walks those chains back from the newest entry to its cursor ([`Log::collect_devices`]) and
+//! visits only its devices' readings: the cost of a step is the readings it delivers plus one
+//! lookup per watched device, not every reading published since the cursor.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use codecs::LiveRecord;
+use rustc_hash::FxHashMap;
 
 /// Readings per chunk: memory is allocated and released a chunk at a time.
 pub const CHUNK_ENTRIES: usize = 4096;
-/// Bytes one reading occupies in the log: the wire record plus its arrival tick.
-pub const ENTRY_BYTES: usize = LiveRecord::SIZE + std::mem::size_of::<u32>();
+/// Bytes one reading occupies in the log: the wire record, its arrival tick and its link to the
+/// previous reading of the same device.
+pub const ENTRY_BYTES: usize = LiveRecord::SIZE + 2 * std::mem::size_of::<u32>();
 /// Bytes of one chunk.
 pub const CHUNK_BYTES: usize = CHUNK_ENTRIES * ENTRY_BYTES;
 /// Checkpoints kept about evicted readings (each covers about one chunk of positions): 16384
 /// checkpoints describe the last 67M evicted readings in 512 KiB.
 const MAX_CHECKPOINTS: usize = 16_384;
+/// Most chunks the log holds, so that any two held positions are less than `u32::MAX` apart and
+/// a link fits in a u32 (about 150 GiB of readings: no real bound is affected).
+const MAX_CHUNKS: usize = (u32::MAX as usize - 1) / CHUNK_ENTRIES;
+/// Link value: the device has no earlier reading in this run.
+const LINK_NONE: u32 = 0;
+/// Link value: the device's earlier reading is further back than a u32 reaches (long evicted).
+const LINK_FAR: u32 = u32::MAX;
 
 /// Arrival time unit of log entries: ticks of 100 ms since the hub started (u32: 13 years).
 pub const TICK_MS: u64 = 100;
@@ -30,6 +47,18 @@ struct Sealed {
     records: Arc<[LiveRecord]>,
     /// Arrival tick of each record (non-decreasing).
     at: Box<[u32]>,
+    /// Per record: distance in positions back to the previous record of the same device
+    /// ([`LINK_NONE`], [`LINK_FAR`] are special).
+    links: Box<[u32]>,
+}
+
+/// What [`Log::collect_devices`] found besides the readings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Walk {
+    /// More readings than the limit wait (the collection stopped early).
+    pub over_limit: bool,
+    /// Some reading of a listed device after the cursor was already evicted.
+    pub lost: bool,
 }
 
 /// What is known about a run of evicted positions.
@@ -96,6 +125,11 @@ pub struct Log {
     open_records: Vec<LiveRecord>,
     /// Arrival ticks of `open_records`.
     open_at: Vec<u32>,
+    /// Links of `open_records` (see [`Sealed::links`]).
+    open_links: Vec<u32>,
+    /// Newest position of each device that published in this run (the heads of the per-device
+    /// chains; one entry per device, kept after eviction so a lost reading is still detected).
+    newest: FxHashMap<u64, u64>,
     /// Position of the first slot of the first chunk (sealed or open).
     base: u64,
     /// Slots of the first chunk already evicted.
@@ -119,13 +153,15 @@ impl Log {
             sealed: VecDeque::new(),
             open_records: Vec::new(),
             open_at: Vec::new(),
+            open_links: Vec::new(),
+            newest: FxHashMap::default(),
             base: start + 1,
             skip: 0,
             head: start,
             start,
             checkpoints: VecDeque::new(),
             window_ticks,
-            max_chunks: (max_bytes / CHUNK_BYTES).max(2),
+            max_chunks: (max_bytes / CHUNK_BYTES).clamp(2, MAX_CHUNKS),
         }
     }
 
@@ -166,19 +202,58 @@ impl Log {
 
     /// Appends a reading that arrived at `tick`; returns its position.
     pub fn push(&mut self, record: LiveRecord, tick: u32) -> u64 {
+        let position = self.head + 1;
+        let previous = self.newest.insert(record.device_id.get(), position);
+        self.push_linked(record, tick, previous)
+    }
+
+    /// Appends one device's readings (all with that `device_id`) that arrived at `tick`;
+    /// returns the first and last positions given, if any. One index update per call.
+    pub fn push_device(
+        &mut self,
+        device: u64,
+        records: &[LiveRecord],
+        tick: u32,
+    ) -> Option<(u64, u64)> {
+        let first = self.head + 1;
+        let last = self.head + records.len() as u64;
+        let (head, rest) = records.split_first()?;
+        debug_assert!(records.iter().all(|r| r.device_id.get() == device));
+        let previous = self.newest.insert(device, last);
+        self.push_linked(*head, tick, previous);
+        for r in rest {
+            let p = self.head;
+            self.push_linked(*r, tick, Some(p));
+        }
+        Some((first, last))
+    }
+
+    /// Appends a record whose device's previous reading sits at `previous`.
+    fn push_linked(&mut self, record: LiveRecord, tick: u32, previous: Option<u64>) -> u64 {
         if self.open_records.len() == CHUNK_ENTRIES {
             let records: Arc<[LiveRecord]> = Arc::from(std::mem::take(&mut self.open_records));
             let at = std::mem::take(&mut self.open_at).into_boxed_slice();
-            self.sealed.push_back(Sealed { records, at });
+            let links = std::mem::take(&mut self.open_links).into_boxed_slice();
+            self.sealed.push_back(Sealed { records, at, links });
         }
         if self.open_records.capacity() == 0 {
             self.open_records.reserve_exact(CHUNK_ENTRIES);
             self.open_at.reserve_exact(CHUNK_ENTRIES);
+            self.open_links.reserve_exact(CHUNK_ENTRIES);
         }
+        let position = self.head + 1;
+        let link = match previous {
+            None => LINK_NONE,
+            Some(p) => u32::try_from(position - p)
+                .ok()
+                .filter(|&d| d != LINK_FAR)
+                .unwrap_or(LINK_FAR),
+        };
         self.open_records.push(record);
         self.open_at.push(tick);
-        self.head += 1;
-        self.head
+        self.open_links.push(link);
+        self.head = position;
+        position
     }
 
     /// Records and ticks of the first chunk (sealed or open).
@@ -258,6 +333,7 @@ impl Log {
             // The open chunk is full and entirely evicted: drop it, the next push opens another.
             self.open_records = Vec::new();
             self.open_at = Vec::new();
+            self.open_links = Vec::new();
             self.base += CHUNK_ENTRIES as u64;
             self.skip = 0;
         }
@@ -265,15 +341,65 @@ impl Log {
 
     /// The record at `position`, if held.
     pub fn get(&self, position: u64) -> Option<&LiveRecord> {
+        self.entry(position).map(|(r, _)| r)
+    }
+
+    /// The record at `position` and its link, if held.
+    #[inline]
+    fn entry(&self, position: u64) -> Option<(&LiveRecord, u32)> {
         if position < self.oldest() || position > self.head {
             return None;
         }
         let i = (position - self.base) as usize;
         let (c, off) = (i / CHUNK_ENTRIES, i % CHUNK_ENTRIES);
         match self.sealed.get(c) {
-            Some(s) => s.records.get(off),
-            None => self.open_records.get(off),
+            Some(s) => Some((s.records.get(off)?, *s.links.get(off)?)),
+            None => Some((self.open_records.get(off)?, *self.open_links.get(off)?)),
         }
+    }
+
+    /// Appends to `out` every held reading of `devices` in positions `(after, head]` (per
+    /// device newest first; callers sort by position), walking the per-device chains: the cost
+    /// is the readings found plus one lookup per device. Stops once `out` grew by more than
+    /// `limit` (`over_limit`). `lost` says a reading of one of the devices after `after` was
+    /// evicted (the caller owes the client a `gap`).
+    pub fn collect_devices(
+        &self,
+        devices: &[u64],
+        after: u64,
+        limit: usize,
+        out: &mut Vec<(u64, LiveRecord)>,
+    ) -> Walk {
+        let mut walk = Walk::default();
+        let oldest = self.oldest();
+        let stop = out.len().saturating_add(limit);
+        for d in devices {
+            let Some(&newest) = self.newest.get(d) else {
+                continue;
+            };
+            let mut p = newest;
+            while p > after {
+                let Some((record, link)) = self.entry(p) else {
+                    // Positions after `after` but before the oldest held: evicted.
+                    walk.lost = true;
+                    break;
+                };
+                out.push((p, *record));
+                if out.len() > stop {
+                    walk.over_limit = true;
+                    return walk;
+                }
+                match link {
+                    LINK_NONE => break,
+                    LINK_FAR => {
+                        walk.lost |= after.saturating_add(1) < oldest;
+                        break;
+                    }
+                    back => p -= u64::from(back),
+                }
+            }
+        }
+        walk
     }
 
     /// The held records in positions `(after, upto]`, taken out of the lock (cheap: full chunks
@@ -432,5 +558,84 @@ mod tests {
         assert_eq!(small.push(rec(1, 2), 10), 2);
         assert_eq!(small.get(2).map(|r| r.ts_us.get()), Some(2));
         assert_eq!(small.oldest(), 2);
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One publish: a device, how many readings, how many ticks later than the previous one.
+    fn publishes() -> impl Strategy<Value = Vec<(u64, usize, u32)>> {
+        prop::collection::vec((0u64..12, 1usize..6, 0u32..3), 1..400)
+    }
+
+    proptest! {
+        /// The per-device walk finds exactly what a scan of the whole log finds, and reports a
+        /// loss exactly when an evicted reading of a watched device came after the cursor.
+        #[test]
+        fn device_walk_matches_a_full_scan(
+            ops in publishes(),
+            watched in prop::collection::vec(0u64..14, 0..6),
+            after_frac in 0.0f64..1.0,
+            limit in 0usize..60,
+        ) {
+            let start = 1_000u64;
+            let mut log = Log::new(start, 20, 1 << 24);
+            let mut all: Vec<(u64, u64)> = Vec::new(); // (position, device) of every push
+            let mut tick = 0u32;
+            for (i, (device, n, dt)) in ops.iter().enumerate() {
+                tick += dt;
+                let recs: Vec<LiveRecord> = (0..*n)
+                    .map(|k| LiveRecord::new(*device, k as u16, 0, i as i64, 0.0))
+                    .collect();
+                let (first, last) = log.push_device(*device, &recs, tick).expect("non-empty");
+                for p in first..=last {
+                    all.push((p, *device));
+                }
+                log.evict(tick);
+            }
+            let head = log.head();
+            let after = start + ((head - start) as f64 * after_frac) as u64;
+            let mut watched = watched;
+            watched.sort_unstable();
+            watched.dedup();
+            let want: Vec<(u64, u64)> = log
+                .view(after, head)
+                .iter()
+                .filter(|(_, r)| watched.contains(&r.device_id.get()))
+                .map(|(p, r)| (p, r.device_id.get()))
+                .collect();
+            let want_lost = all
+                .iter()
+                .any(|&(p, d)| p > after && p < log.oldest() && watched.contains(&d));
+
+            let mut got = Vec::new();
+            let walk = log.collect_devices(&watched, after, usize::MAX, &mut got);
+            got.sort_unstable_by_key(|(p, _)| *p);
+            let got: Vec<(u64, u64)> = got.iter().map(|(p, r)| (*p, r.device_id.get())).collect();
+            prop_assert_eq!(&got, &want);
+            prop_assert_eq!(walk.lost, want_lost);
+            prop_assert!(!walk.over_limit);
+
+            let mut bounded = Vec::new();
+            let walk = log.collect_devices(&watched, after, limit, &mut bounded);
+            prop_assert_eq!(walk.over_limit, want.len() > limit);
+            prop_assert_eq!(bounded.len(), want.len().min(limit + 1));
+        }
+    }
+
+    #[test]
+    fn pushing_one_reading_at_a_time_links_like_pushing_a_run() {
+        let mut log = Log::new(0, 10, 1 << 20);
+        log.push(LiveRecord::new(1, 1, 0, 1, 1.0), 0);
+        log.push(LiveRecord::new(2, 1, 0, 1, 1.0), 0);
+        log.push(LiveRecord::new(1, 2, 0, 2, 2.0), 0);
+        let mut out = Vec::new();
+        let walk = log.collect_devices(&[1, 9], 0, 10, &mut out);
+        assert_eq!(walk, Walk::default());
+        out.sort_unstable_by_key(|(p, _)| *p);
+        assert_eq!(out.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![1, 3]);
     }
 }

@@ -32,6 +32,10 @@ pub const RESUMES: &str = "telemux_live_resumes_total";
 pub const CONTROL_ERRORS: &str = "telemux_live_control_errors_total";
 /// Presence events a client task missed (it was re-sent the presence of its devices) (counter).
 pub const PRESENCE_LAGGED: &str = "telemux_live_presence_lagged_total";
+/// Clients registered in the hub's routing table (woken by their devices' publishes) (gauge).
+pub const ROUTED_CLIENTS: &str = "telemux_live_routed_clients";
+/// Client wake-ups sent by publishes (one per publish per routed client) (counter).
+pub const WAKEUPS: &str = "telemux_live_wakeups_total";
 /// Readings held in the hub log (gauge).
 pub const LOG_READINGS: &str = "telemux_live_log_readings";
 /// Bytes allocated by the hub log (gauge).
@@ -43,6 +47,7 @@ pub const LOG_EVICTED: &str = "telemux_live_log_evicted_total";
 pub const ZERO_COUNTERS: &[&str] = &[
     READINGS_PUBLISHED,
     READINGS_FANNED_OUT,
+    WAKEUPS,
     SLOW_CONSUMER_DISCONNECTS,
     LOG_EVICTED,
 ];

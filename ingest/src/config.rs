@@ -184,7 +184,7 @@ pub struct Config {
     #[arg(long, env = "TELEMUX_LIVE_RESUME_WINDOW", default_value = "2m")]
     pub live_resume_window: HumanDuration,
 
-    /// Live: byte bound of the shared log of live readings (32 bytes per reading; the oldest go
+    /// Live: byte bound of the shared log of live readings (36 bytes per reading; the oldest go
     /// first, so at high rates this, not the window, limits how far back a client can resume).
     #[arg(long, env = "TELEMUX_LIVE_LOG_MAX_BYTES", default_value_t = dashboard::config::DEFAULT_LOG_MAX_BYTES)]
     pub live_log_max_bytes: usize,

@@ -1,24 +1,30 @@
-//! One live client as a cursor into the hub's log: its subscriptions, its position, the batching
-//! of what it has not received yet, and the slow-consumer policies (applied in one place,
-//! `overflow`). Transport-free: the driver feeds it control messages and asks it for
-//! the next data to send whenever the client can take more.
+//! One live client as a cursor into the hub's log: its subscriptions, its position, its route
+//! in the hub (which publishes wake it), the batching of what it has not received yet (`batch`),
+//! and the slow-consumer policies (applied in one place, `overflow`). Transport-free: the driver
+//! feeds it control messages and asks it for the next data to send whenever it was woken and
+//! the client can take more.
 
 use crate::filter::IdSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use codecs::{FrameFlag, LiveRecord};
+use codecs::LiveRecord;
 use serde_json::{Value, json};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::close::Close;
 use crate::config::ClientLimits;
 use crate::filter::{Grants, Policy, Resolved, Selector, SubKind};
-use crate::hub::{CacheFilter, CacheKey, Format, Hub, PresenceEvent};
+use crate::hub::{Format, Hub, PresenceEvent};
 use crate::metrics as m;
 use crate::protocol::{self, GapReason, Op, ProtocolError, SubscribeArgs};
+use crate::route::Interest;
 
+mod batch;
 mod overflow;
+
+pub use batch::encode;
 
 /// Most subscriptions on one connection.
 pub const MAX_SUBSCRIPTIONS: usize = 64;
@@ -26,6 +32,19 @@ pub const MAX_SUBSCRIPTIONS: usize = 64;
 pub const SNAPSHOT_MAX_DEVICES: usize = 10_000;
 /// Most log entries one step scans before it yields (bounds the time of one step).
 const SCAN_LIMIT: u64 = 65_536;
+/// Most watched devices for which a client follows the log's per-device chains; a client
+/// watching more (or every device, or tags) scans the log after its cursor instead, which is
+/// cheaper once its devices are a large part of what is published.
+pub const CHAIN_MAX_DEVICES: usize = 256;
+
+/// How a client finds its readings in the log.
+#[derive(Clone, Debug)]
+enum Plan {
+    /// Walk these devices' chains (sorted ids of the resolved subscriptions).
+    Chains(Arc<[u64]>),
+    /// Scan every entry after the cursor.
+    Scan,
+}
 
 /// Something to send to the client.
 #[derive(Clone, Debug, PartialEq)]
@@ -124,9 +143,23 @@ pub struct Session {
     tags_generation: u64,
     /// Scratch for the records of one frame.
     scratch: Vec<LiveRecord>,
-    /// The sorted union of the subscriptions' devices (cache key), computed on first use after
-    /// the subscriptions or tags changed.
-    union_key: Option<CacheFilter>,
+    /// Scratch for the readings one chain walk found.
+    found: Vec<(u64, LiveRecord)>,
+    /// How readings are found, computed on first use after the subscriptions or tags changed.
+    plan: Option<Plan>,
+    /// Id of this client in the hub's routing table.
+    client: u64,
+    /// Woken by the hub when a publish may concern this client.
+    signal: Arc<Notify>,
+    /// The last step left readings after the cursor (ask again without waiting for a wake).
+    more: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.hub
+            .set_interest(self.client, &self.signal, Interest::Nothing);
+    }
 }
 
 impl Session {
@@ -134,6 +167,7 @@ impl Session {
     pub fn new(hub: Arc<Hub>, format: Format, grants: Grants, limits: ClientLimits) -> Session {
         let cursor = hub.head();
         let tags_generation = hub.tags_generation();
+        let (client, signal) = hub.new_client();
         Session {
             hub,
             format,
@@ -146,8 +180,73 @@ impl Session {
             behind_since: None,
             tags_generation,
             scratch: Vec::new(),
-            union_key: None,
+            found: Vec::new(),
+            plan: None,
+            client,
+            signal,
+            more: true,
         }
+    }
+
+    /// The signal the hub notifies when a publish may concern this client (the driver waits on
+    /// it between steps).
+    pub fn signal(&self) -> Arc<Notify> {
+        self.signal.clone()
+    }
+
+    /// Whether the last [`Session::next_batch`] left readings to send (so the driver asks again
+    /// without waiting for a wake-up).
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+
+    /// Registers in the hub which publishes wake this client (after its subscriptions changed).
+    fn update_route(&mut self) {
+        let interest = if self.subs.is_empty() {
+            Interest::Nothing
+        } else if self
+            .subs
+            .iter()
+            .any(|s| !matches!(s.selector, Selector::Devices(_)))
+        {
+            // Every device, or tags (which may change): woken by every publish.
+            Interest::Everything
+        } else {
+            // The selected ids, not only the granted ones: a grant by tag may come later, and
+            // delivery filters by the resolved sets anyway.
+            let mut ids: Vec<u64> = self
+                .subs
+                .iter()
+                .flat_map(|s| match &s.selector {
+                    Selector::Devices(ids) => ids.as_slice(),
+                    _ => &[],
+                })
+                .copied()
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            Interest::Devices(ids)
+        };
+        self.hub.set_interest(self.client, &self.signal, interest);
+        self.plan = None;
+        self.more = true;
+    }
+
+    /// How this client finds its readings (cached until subscriptions or tags change).
+    fn plan(&mut self) -> Plan {
+        if let Some(p) = &self.plan {
+            return p.clone();
+        }
+        let plan = match self.union() {
+            Resolved::Set(ids) if ids.len() <= CHAIN_MAX_DEVICES => {
+                let mut ids: Vec<u64> = ids.iter().copied().collect();
+                ids.sort_unstable();
+                Plan::Chains(ids.into())
+            }
+            _ => Plan::Scan,
+        };
+        self.plan = Some(plan.clone());
+        plan
     }
 
     /// The hub this client reads.
@@ -178,11 +277,6 @@ impl Session {
     /// Notes that the client cannot take more while readings wait for it.
     pub fn mark_behind(&mut self, now: Instant) {
         self.behind_since.get_or_insert(now);
-    }
-
-    /// Whether readings after the cursor may be for this client.
-    pub fn pending(&self, head: u64) -> bool {
-        (!self.subs.is_empty() || !self.resumed) && self.cursor < head
     }
 
     /// Handles one JSON control message; returns the reply, then any events it causes.
@@ -272,7 +366,6 @@ impl Session {
                 protocol::snapshot_event(id, head, &devices, truncated),
             ));
         }
-        self.union_key = None;
         self.subs.push(Subscription {
             id,
             kind: args.selector.kind(),
@@ -281,6 +374,7 @@ impl Session {
             start,
             set,
         });
+        self.update_route();
         Ok((id, events))
     }
 
@@ -288,10 +382,10 @@ impl Session {
     pub fn unsubscribe(&mut self, sub: u64) -> Result<(), ProtocolError> {
         let before = self.subs.len();
         self.subs.retain(|s| s.id != sub);
-        self.union_key = None;
         if self.subs.len() == before {
             return Err(ProtocolError::UnknownSubscription(sub));
         }
+        self.update_route();
         Ok(())
     }
 
@@ -330,6 +424,7 @@ impl Session {
             self.cursor = position;
         }
         self.resumed = true;
+        self.more = true;
         for s in &mut self.subs {
             s.start = self.cursor;
         }
@@ -380,7 +475,7 @@ impl Session {
             return;
         }
         self.tags_generation = generation;
-        self.union_key = None;
+        self.plan = None;
         for s in &mut self.subs {
             s.set = self.hub.resolve(&s.selector, &self.grants);
         }
@@ -401,130 +496,33 @@ impl Session {
         best
     }
 
-    /// The key under which frames of this client can be shared, if they can (every
-    /// subscription started at or before the cursor, so only the device set matters).
-    fn cache_filter(&mut self) -> Option<CacheFilter> {
-        if self.subs.iter().any(|s| s.start > self.cursor) {
-            return None;
-        }
-        if self.union_key.is_none() {
-            self.union_key = Some(match self.union() {
-                Resolved::All => CacheFilter::All,
-                Resolved::Set(s) => {
-                    let mut ids: Vec<u64> = s.iter().copied().collect();
-                    ids.sort_unstable();
-                    CacheFilter::Ids(ids.into())
-                }
-            });
-        }
-        self.union_key.clone()
-    }
-
     fn caught_up(&mut self) {
         self.behind_since = None;
         self.resumed = false;
+        self.more = false;
     }
 
     /// Produces what to send next: one data frame of at most `max_batch_readings` readings
-    /// after the cursor that match the subscriptions, or, when the client is over its backlog
-    /// bound, what its policies make of the backlog.
+    /// after the cursor that match the subscriptions (several device frames batched into one
+    /// when the client is behind), or, when the client is over its backlog bound, what its
+    /// policies make of the backlog.
     pub fn next_batch(&mut self, now: Instant) -> Step {
         if self.subs.is_empty() {
             if !self.resumed {
                 self.cursor = self.cursor.max(self.hub.head());
                 self.behind_since = None;
             }
+            self.more = false;
             return Step::Idle;
         }
         self.refresh_tags();
-        let cursor = self.cursor;
-        let (head, view_end, lost, view) = self.hub.with_log(|log| {
-            let head = log.head();
-            let upto = head.min(cursor.saturating_add(SCAN_LIMIT));
-            (head, upto, log.lost_after(cursor), log.view(cursor, upto))
-        });
-        if self.cursor >= head {
-            self.caught_up();
-            return Step::Idle;
+        // Cleared when a step reaches the head (`caught_up`) or the overflow moves the cursor
+        // there; a later publish wakes the client again.
+        self.more = true;
+        match self.plan() {
+            Plan::Chains(devices) => self.next_chained(&devices, now),
+            Plan::Scan => self.next_scanned(now),
         }
-        if lost.is_some() {
-            return self.overflow(lost, now);
-        }
-        let per = self.format.reading_bytes();
-        let bound = self
-            .limits
-            .max_backlog_readings
-            .min(self.limits.max_backlog_bytes / per)
-            .max(1);
-        let batch = self.limits.max_batch_readings;
-        let everything = self
-            .subs
-            .iter()
-            .any(|s| s.set == Resolved::All && s.start <= self.cursor);
-        if everything && head - self.cursor > bound as u64 {
-            return self.overflow(None, now);
-        }
-        self.scratch.clear();
-        let mut matches = 0usize;
-        let mut scanned_to = self.cursor;
-        let mut last_in_batch = self.cursor;
-        for (p, r) in view.iter() {
-            if !everything && self.classify(p, r.device_id.get()).is_none() {
-                scanned_to = p;
-                continue;
-            }
-            matches += 1;
-            if matches > bound {
-                return self.overflow(None, now);
-            }
-            if self.scratch.len() < batch {
-                self.scratch.push(*r);
-                last_in_batch = p;
-                scanned_to = p;
-            } else if everything {
-                break; // the backlog bound was checked arithmetically above
-            }
-        }
-        // Everything scanned that was not put in this frame is taken up again next time.
-        let upto = if self.scratch.len() == batch && matches > batch {
-            last_in_batch
-        } else {
-            view_end.max(scanned_to)
-        };
-        if self.scratch.is_empty() {
-            self.cursor = upto;
-            if self.cursor >= head {
-                self.caught_up();
-                return Step::Idle;
-            }
-            return Step::Progress;
-        }
-        let key = self.cache_filter().map(|filter| CacheKey {
-            filter,
-            after: self.cursor,
-            upto,
-            format: self.format,
-        });
-        let bytes = match key.as_ref().and_then(|k| self.hub.cached(k)) {
-            Some(b) => b,
-            None => {
-                let b = encode(self.format, last_in_batch, 0, &self.scratch);
-                if let Some(k) = key {
-                    self.hub.cache(k, b.clone());
-                }
-                b
-            }
-        };
-        self.count_sent(self.scratch.len());
-        self.cursor = upto;
-        if self.cursor >= head {
-            self.caught_up();
-        }
-        Step::Send(vec![Outbound::Data {
-            position: last_in_batch,
-            format: self.format,
-            bytes,
-        }])
     }
 
     fn count_sent(&self, readings: usize) {
@@ -547,25 +545,5 @@ fn describe(selector: &Selector) -> String {
             format!("devices [{}{more}]", shown.join(", "))
         }
         Selector::Tag(p) => format!("tag `{p}`"),
-    }
-}
-
-/// Encodes one data frame whose last record sits at `position`.
-pub fn encode(format: Format, position: u64, flags: u16, records: &[LiveRecord]) -> Bytes {
-    match format {
-        Format::Binary => {
-            let mut out =
-                Vec::with_capacity(codecs::Header::SIZE + records.len() * LiveRecord::SIZE);
-            // At most `max_batch_readings` (validated <= 65535) records per frame.
-            if codecs::encode_live(&mut out, position, flags, records).is_err() {
-                out.clear();
-            }
-            Bytes::from(out)
-        }
-        Format::Json => protocol::readings_json(
-            position,
-            flags & FrameFlag::Coalesced as u16 != 0,
-            records.iter().copied(),
-        ),
     }
 }

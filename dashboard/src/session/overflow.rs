@@ -6,7 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use codecs::{FrameFlag, LiveRecord};
 use tokio::time::Instant;
 
-use super::{Outbound, Session, Step, encode};
+use super::batch::encode;
+use super::{Outbound, Session, Step};
 use crate::close;
 use crate::filter::{Policy, SubKind};
 use crate::log::{Lost, View};
@@ -159,6 +160,7 @@ impl Session {
             });
         }
         self.cursor = head;
+        self.more = false;
         Step::Send(out)
     }
 
