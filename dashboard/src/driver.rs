@@ -95,6 +95,9 @@ where
     // message, cleared when the session reports it reached the head. A publish after that
     // leaves a permit in `signal`, so no wake-up is lost.
     let mut dirty = true;
+    // One wait kept across loop turns (re-armed after it fires), not a new registration with
+    // the `Notify` at every turn.
+    let mut wake = std::pin::pin!(signal.clone().notified_owned());
     let mut presence = hub.presence_events();
     let limits = session.limits().clone();
     let mut ping =
@@ -104,6 +107,9 @@ where
     let mut staged: VecDeque<Outbound> = VecDeque::new();
     let mut inbound_open = true;
     let mut hub_open = true;
+    // Created once, not at every turn of the loop (each creation costs a lock or a clock read).
+    let mut shutdown = std::pin::pin!(opts.shutdown.cancelled());
+    let mut expiry = std::pin::pin!(sleep_until(opts.expires_at.unwrap_or_else(never)));
     loop {
         let want_send = !staged.is_empty() || dirty;
         if !want_send {
@@ -116,8 +122,8 @@ where
         let deadline = session.behind_since().map(|t| t + limits.slow_deadline);
         tokio::select! {
             biased;
-            _ = opts.shutdown.cancelled() => return close::GOING_AWAY,
-            _ = sleep_until(opts.expires_at.unwrap_or_else(never)), if opts.expires_at.is_some() => {
+            _ = &mut shutdown => return close::GOING_AWAY,
+            _ = &mut expiry, if opts.expires_at.is_some() => {
                 return close::TOKEN_EXPIRED;
             }
             _ = sleep_until(deadline.unwrap_or_else(never)), if deadline.is_some() => {
@@ -152,7 +158,10 @@ where
                 Some(Inbound::Lost) => return close::CONNECTION_LOST,
                 None => inbound_open = false,
             },
-            _ = signal.notified(), if !dirty => dirty = true,
+            _ = &mut wake, if !dirty => {
+                dirty = true;
+                wake.set(signal.clone().notified_owned());
+            }
             ev = presence.recv(), if hub_open => match ev {
                 Ok(ev) => staged.extend(session.on_presence(ev)),
                 Err(broadcast::error::RecvError::Lagged(_)) => staged.push_back(session.presence_resync()),
