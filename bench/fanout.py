@@ -24,8 +24,11 @@ The telemux server also decodes, dedups and commits the 100k readings/s to SQLit
 stores nothing.
 
 Usage: python3 bench/fanout.py [--quick] [--duration 20] [--dashboards 1,100,1000]
-                               [--stalled 0,10] [--rate 10] [--write BENCHMARKS.md]
-Builds release binaries first. Prints Markdown; --write replaces the section between the
+                               [--stalled 0,10] [--rate 10,5] [--write BENCHMARKS.md]
+Builds release binaries first. The defaults run the whole issue table twice: at 10 frames/s per
+device (100k readings/s in, where ingest itself is near capacity on 2 cores) and at 5 (50k/s).
+Prints Markdown (per rate: the runs, the telemux/Mosquitto ratios, the effect of the stalled
+clients, and the issue's targets met or not); --write replaces the section between the
 `<!-- fanout:begin -->` and `<!-- fanout:end -->` markers (or appends a "Live fan-out" section).
 """
 import argparse, json, os, resource, shutil, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
@@ -35,7 +38,7 @@ from mdsection import write_section
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DEVICES, RATE, READINGS, PER_CLIENT = 1000, 10, 10, 10
+DEVICES, READINGS, PER_CLIENT = 1000, 10, 10
 
 
 def free_port():
@@ -136,12 +139,12 @@ class Mosquitto:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def run(server_cls, dashboards, stalled, duration):
-    """One bounded run; returns the sim summary plus server CPU and RSS."""
+def run(server_cls, dashboards, stalled, duration, rate):
+    """One bounded run at `rate` frames/s per device; returns the sim summary plus server CPU and RSS."""
     server = server_cls()
     try:
         out = os.path.join(server.dir, "sim.json")
-        args = [os.path.join(REL, "firmware-sim"), *server.sim_args(), "--devices", str(DEVICES), "--rate", str(RATE),
+        args = [os.path.join(REL, "firmware-sim"), *server.sim_args(), "--devices", str(DEVICES), "--rate", f"{rate:g}",
                 "--readings", str(READINGS), "--duration", f"{duration}s", "--ramp", "5000", "--drain-timeout", "10s",
                 "--dashboards", str(dashboards), "--dashboard-devices", str(PER_CLIENT), "--dashboard-all", "1",
                 "--stalled-dashboards", str(stalled), "--dashboard-grace", "3s", "--progress-every", "1s", "--json", out]
@@ -204,41 +207,12 @@ def row(name, dashboards, stalled, s):
             f"| {closes(kinds, ['stalled'])} | {s['server_cpu_pct']:.0f}% | {s['server_rss_mib']:.0f} | {s['sim_cpu_pct']:.0f}% |")
 
 
-def main():
-    global RATE
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="8 s per run instead of 20 s")
-    ap.add_argument("--duration", type=int)
-    ap.add_argument("--dashboards", default="1,100,1000")
-    ap.add_argument("--stalled", default="0,10")
-    ap.add_argument("--rate", type=float, default=RATE, help="frames/s per device (10 readings each); default 10")
-    ap.add_argument("--write")
-    a = ap.parse_args()
-    RATE = a.rate
-    duration = a.duration or (8 if a.quick else 20)
-    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
-        sys.exit("mosquitto not found: apt-get install mosquitto")
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ingest", "-p", "firmware-sim", "--bin", "ingest",
-                    "--bin", "firmware-sim"], cwd=ROOT, check=True)
-    limit = raise_nofile()
-    counts = [int(x) for x in a.dashboards.split(",")]
-    stalls = [int(x) for x in a.stalled.split(",")]
-    results = {}
-    for stalled in stalls:
-        for n in counts:
-            for cls in (Telemux, Mosquitto):
-                s = run(cls, n, stalled, duration)
-                results[(cls.name, n, stalled)] = s
-                print(f"  {cls.name} dashboards={n}+1 stalled={stalled}: {s['dashboard_readings_per_s']:,.0f} readings/s delivered, "
-                      f"p99 {s['dashboard_latency_ms']['p99']:.2f} ms, gaps {s['dashboard_gaps']}, cpu {s['server_cpu_pct']:.0f}%",
-                      file=sys.stderr)
-    cmd = "python3 bench/fanout.py" + (" --quick" if a.quick else "") + (f" --duration {a.duration}" if a.duration else "") \
-        + (f" --dashboards {a.dashboards}" if a.dashboards != "1,100,1000" else "") + (f" --stalled {a.stalled}" if a.stalled != "0,10" else "") \
-        + (f" --rate {a.rate:g}" if a.rate != 10 else "")
+def report(results, counts, stalls, rate, duration, limit, cmd):
+    """The Markdown block of one rate: runs, ratios, stalled-client effect, issue targets."""
     out = [f"Command: `{cmd}`; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {duration} s of sending per run, "
            f"{os.cpu_count()} cores shared by the server (or Mosquitto) and `firmware-sim` (devices and dashboards in one process); "
            f"open-file limit {limit}.",
-           f"Load: {DEVICES:,} devices x {RATE:g} frames/s x {READINGS} readings = {DEVICES * RATE * READINGS:,.0f} readings/s in; "
+           f"Load: {DEVICES:,} devices x {rate:g} frames/s x {READINGS} readings = {DEVICES * rate * READINGS:,.0f} readings/s in; "
            f"each dashboard on {PER_CLIENT} random devices (the same ones for both), plus one on all devices; stalled "
            "dashboards subscribe to all devices and never read.", "",
            "| server | dashboards | stalled | readings/s in | device ack p50 ms | delivered readings/s | of expected | p50 ms "
@@ -250,13 +224,18 @@ def main():
             for name in ("telemux", "mosquitto"):
                 out.append(row(name, n, stalled, results[(name, n, stalled)]))
     out += ["", "Ratios (telemux / Mosquitto, same dashboards and stalled clients):", "",
-            "| dashboards | stalled | deliveries/s ratio | p99 ratio (lower is better for telemux) |", "|---|---:|---:|---:|"]
+            "| dashboards | stalled | deliveries/s ratio | p99 ratio (lower is better for telemux) | server CPU ratio |",
+            "|---|---:|---:|---:|---:|"]
+    ratios = {}
     for stalled in stalls:
         for n in counts:
             t, m = results[("telemux", n, stalled)], results[("mosquitto", n, stalled)]
             dr = t["dashboard_readings_per_s"] / max(m["dashboard_readings_per_s"], 1e-9)
             pr = t["dashboard_latency_ms"]["p99"] / max(m["dashboard_latency_ms"]["p99"], 1e-9)
-            out.append(f"| {n:,} + 1 all | {stalled} | {dr:.2f}x | {pr:.2f}x |")
+            cr = t["server_cpu_pct"] / max(m["server_cpu_pct"], 1e-9)
+            ratios[(n, stalled)] = (dr, pr)
+            out.append(f"| {n:,} + 1 all | {stalled} | {dr:.2f}x | {pr:.2f}x | {cr:.2f}x |")
+    changes = {}
     if len(stalls) > 1 and 0 in stalls:
         out += ["", "Effect of stalled clients on the others' p99 (same server, same dashboards):", "",
                 "| server | dashboards | p99 ms without | p99 ms with " + " / ".join(str(x) for x in stalls if x) + " stalled | change |",
@@ -266,8 +245,60 @@ def main():
                 base = results[(name, n, 0)]["dashboard_latency_ms"]["p99"]
                 for st in (x for x in stalls if x):
                     w = results[(name, n, st)]["dashboard_latency_ms"]["p99"]
+                    changes[(name, n, st)] = (w - base) / max(base, 1e-9)
                     out.append(f"| {name} | {n:,} + 1 all | {base:.2f} | {w:.2f} | {(w - base) / max(base, 1e-9):+.0%} |")
-    text = "\n".join(out)
+    verdict = lambda ok: "met" if ok else "**not met**"
+    dr_all = [v[0] for v in ratios.values()]
+    pr_all = [v[1] for v in ratios.values()]
+    out += ["", "Issue 6 targets at this rate:", "", "| target | result |", "|---|---|",
+            f"| >= 2x Mosquitto's deliveries/s | {verdict(min(dr_all) >= 2)}: {min(dr_all):.2f}-{max(dr_all):.2f}x |",
+            f"| lower p99 than Mosquitto | {verdict(max(pr_all) < 1)}: p99 ratio {min(pr_all):.2f}-{max(pr_all):.2f}x |"]
+    big = max(counts)
+    p99s = [results[("telemux", big, st)]["dashboard_latency_ms"]["p99"] for st in stalls]
+    out.append(f"| p99 <= 10 ms at {big:,} clients | {verdict(max(p99s) <= 10)}: "
+               + ", ".join(f"{p:.2f} ms ({st} stalled)" for p, st in zip(p99s, stalls)) + " |")
+    tch = [v for (name, _, _), v in changes.items() if name == "telemux"]
+    if tch:
+        out.append(f"| stalled clients change the others' p99 by < 10% | {verdict(max(abs(c) for c in tch) < 0.10)}: "
+                   + ", ".join(f"{c:+.0%}" for c in tch) + " |")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="8 s per run instead of 20 s")
+    ap.add_argument("--duration", type=int)
+    ap.add_argument("--dashboards", default="1,100,1000")
+    ap.add_argument("--stalled", default="0,10")
+    ap.add_argument("--rate", default="10,5",
+                    help="frames/s per device (10 readings each), comma-separated: one table per rate; default 10,5")
+    ap.add_argument("--write")
+    a = ap.parse_args()
+    duration = a.duration or (8 if a.quick else 20)
+    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        sys.exit("mosquitto not found: apt-get install mosquitto")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ingest", "-p", "firmware-sim", "--bin", "ingest",
+                    "--bin", "firmware-sim"], cwd=ROOT, check=True)
+    limit = raise_nofile()
+    counts = [int(x) for x in a.dashboards.split(",")]
+    stalls = [int(x) for x in a.stalled.split(",")]
+    rates = [float(x) for x in a.rate.split(",")]
+    cmd = "python3 bench/fanout.py" + (" --quick" if a.quick else "") + (f" --duration {a.duration}" if a.duration else "") \
+        + (f" --dashboards {a.dashboards}" if a.dashboards != "1,100,1000" else "") + (f" --stalled {a.stalled}" if a.stalled != "0,10" else "") \
+        + (f" --rate {a.rate}" if a.rate != "10,5" else "")
+    blocks = []
+    for rate in rates:
+        results = {}
+        for stalled in stalls:
+            for n in counts:
+                for cls in (Telemux, Mosquitto):
+                    s = run(cls, n, stalled, duration, rate)
+                    results[(cls.name, n, stalled)] = s
+                    print(f"  rate={rate:g} {cls.name} dashboards={n}+1 stalled={stalled}: {s['dashboard_readings_per_s']:,.0f} "
+                          f"readings/s delivered, p99 {s['dashboard_latency_ms']['p99']:.2f} ms, gaps {s['dashboard_gaps']}, "
+                          f"cpu {s['server_cpu_pct']:.0f}%", file=sys.stderr)
+        blocks.append("\n".join(report(results, counts, stalls, rate, duration, limit, cmd)))
+    text = "\n\n".join(blocks)
     print(text)
     if a.write:
         write_section(os.path.join(ROOT, a.write), "fanout", "Live fan-out (telemux live hub vs Mosquitto)", text)

@@ -40,14 +40,20 @@
 //!
 //! # Clients are cursors
 //!
-//! A client holds a position into the shared log, not a copy of the data. When it can take
-//! more, its task reads the readings after its cursor that match its subscriptions and sends
-//! them as one frame (up to `max_batch_readings`). Identical subscriptions over the same range
-//! share the same encoded `Bytes` (the hub's encode cache). A client over its backlog bound
+//! A client holds a position into the shared log, not a copy of the data. A publish wakes only
+//! the clients routed to that device ([`route`]; clients of every device or of tags are woken by
+//! every publish). When it can take more, the client's task reads the readings after its cursor
+//! that match its subscriptions and sends them as one frame (up to `max_batch_readings`, so
+//! several device frames go into one when it is behind). A client watching up to
+//! [`session::CHAIN_MAX_DEVICES`] devices follows the log's per-device chains and visits only
+//! its devices' readings; the others scan the log after their cursor. A frame holding a
+//! contiguous run of positions (one device frame, or everything) is encoded once and its `Bytes`
+//! shared by every client sending it (the hub's encode cache). A client over its backlog bound
 //! gets the policy of its subscriptions ([`filter::Policy`]); a client still behind after
 //! `slow_deadline` is closed with 4008. Per-client memory is bounded by the out queue
 //! ([`driver::OUT_QUEUE`] frames), the staged replies ([`driver::MAX_STAGED`]) and one
-//! overflow result (`max_backlog_readings`), whatever the client does.
+//! overflow result (`max_backlog_readings`), whatever the client does; the publisher does one
+//! wake-up per publish per routed client and nothing per reading.
 
 pub mod close;
 pub mod config;

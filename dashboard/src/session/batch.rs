@@ -13,6 +13,10 @@ use crate::filter::Resolved;
 use crate::hub::{CacheKey, Format};
 use crate::protocol;
 
+/// Capacity of a client's chain-walk scratch kept between steps: a client that once fell far
+/// behind does not keep a backlog-sized buffer for the rest of its connection.
+const FOUND_KEEP: usize = 256;
+
 impl Session {
     /// Most unsent readings the client may have before its policies apply.
     fn backlog_bound(&self) -> usize {
@@ -36,14 +40,16 @@ impl Session {
                 log.collect_devices(devices, cursor, bound, &mut found),
             )
         });
-        if walk.lost {
+        if walk.lost || walk.over_limit {
+            found.clear();
+            found.shrink_to(FOUND_KEEP);
             self.found = found;
-            let lost = self.hub.with_log(|log| log.lost_after(cursor));
+            // A watched device's reading was evicted (a gap first), or too many wait.
+            let lost = walk
+                .lost
+                .then(|| self.hub.with_log(|log| log.lost_after(cursor)))
+                .flatten();
             return self.overflow(lost, now);
-        }
-        if walk.over_limit {
-            self.found = found;
-            return self.overflow(None, now);
         }
         found.sort_unstable_by_key(|(p, _)| *p);
         if self.subs.iter().any(|s| s.start > cursor) {
@@ -63,6 +69,8 @@ impl Session {
         self.scratch.extend(found[..take].iter().map(|(_, r)| *r));
         let run = found.first().zip(found.get(take.wrapping_sub(1)));
         let run = run.map(|((first, _), (last, _))| (*first, *last));
+        found.clear();
+        found.shrink_to(FOUND_KEEP);
         self.found = found;
         self.finish_step(run, upto, head)
     }
