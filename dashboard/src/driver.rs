@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +89,6 @@ pub async fn drive<I>(
 where
     I: Stream<Item = Inbound> + Unpin,
 {
-    let hub = session.hub().clone();
     let signal = session.signal();
     // Whether readings may wait for the client: set by a wake-up from the hub or a control
     // message, cleared when the session reports it reached the head. A publish after that
@@ -98,7 +97,6 @@ where
     // One wait kept across loop turns (re-armed after it fires), not a new registration with
     // the `Notify` at every turn.
     let mut wake = std::pin::pin!(signal.clone().notified_owned());
-    let mut presence = hub.presence_events();
     let limits = session.limits().clone();
     let mut ping =
         tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
@@ -106,7 +104,6 @@ where
     let mut unanswered = 0u32;
     let mut staged: VecDeque<Outbound> = VecDeque::new();
     let mut inbound_open = true;
-    let mut hub_open = true;
     // Created once, not at every turn of the loop (each creation costs a lock or a clock read).
     let mut shutdown = std::pin::pin!(opts.shutdown.cancelled());
     let mut expiry = std::pin::pin!(sleep_until(opts.expires_at.unwrap_or_else(never)));
@@ -139,6 +136,8 @@ where
                         Step::Idle | Step::Progress => {}
                     }
                     dirty = session.has_more();
+                    // Presence events that came while the client was busy with data.
+                    staged.extend(session.take_presence());
                 }
                 if let Some(msg) = staged.pop_front() {
                     permit.send(msg);
@@ -161,12 +160,8 @@ where
             _ = &mut wake, if !dirty => {
                 dirty = true;
                 wake.set(signal.clone().notified_owned());
+                staged.extend(session.take_presence());
             }
-            ev = presence.recv(), if hub_open => match ev {
-                Ok(ev) => staged.extend(session.on_presence(ev)),
-                Err(broadcast::error::RecvError::Lagged(_)) => staged.push_back(session.presence_resync()),
-                Err(broadcast::error::RecvError::Closed) => hub_open = false,
-            },
             _ = ping.tick() => {
                 if opts.revoked.as_ref().is_some_and(|r| r()) {
                     return close::REVOKED;

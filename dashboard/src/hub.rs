@@ -4,7 +4,7 @@
 //!
 //! Publishing never blocks on clients and never waits for storage: it appends to the log under
 //! a short write lock, updates the latest values, bumps the head position (a `watch`), and wakes
-//! the clients routed to that device ([`crate::route`]). Clients only hold a cursor (a
+//! the clients routed to that device ([`crate::route`]); presence changes take the same route. Clients only hold a cursor (a
 //! position); the data is stored once, and a frame is encoded once for all clients that send
 //! the same positions.
 
@@ -16,18 +16,15 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use codecs::{LiveRecord, Reading};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::HubConfig;
 use crate::filter::{Grants, Resolved, Selector};
 use crate::log::{Log, TICK_MS};
 use crate::metrics as m;
-use crate::route::{Interest, Routes};
+use crate::route::{Inbox, Interest, Routes};
 
-/// Presence events buffered for slow client tasks; a task that lags further is re-sent the
-/// presence of its devices (`presence` message) instead.
-const PRESENCE_EVENTS: usize = 4096;
 /// Channels whose latest value is kept per device (for snapshots); more are not tracked.
 const MAX_CHANNELS_PER_DEVICE: usize = 256;
 /// Encoded frames kept per cache shard for sharing between clients that send the same positions.
@@ -137,8 +134,6 @@ pub struct Hub {
     tags_generation: AtomicU64,
     /// Head position; receivers wake on every publish.
     head: watch::Sender<u64>,
-    /// Presence changes.
-    presence: broadcast::Sender<PresenceEvent>,
     /// Shared encoded frames, sharded by last position.
     cache: [Mutex<EncodeCache>; ENCODE_CACHE_SHARDS],
     /// Which clients a device's publish wakes.
@@ -172,7 +167,6 @@ impl Hub {
         .unwrap_or(u32::MAX);
         let log = Log::new(start, window_ticks, config.log_max_bytes);
         let (head, _) = watch::channel(start);
-        let (presence, _) = broadcast::channel(PRESENCE_EVENTS);
         Arc::new(Hub {
             config,
             epoch: Instant::now(),
@@ -180,7 +174,6 @@ impl Hub {
             devices: RwLock::new(Devices::default()),
             tags_generation: AtomicU64::new(0),
             head,
-            presence,
             cache: std::array::from_fn(|_| Mutex::new(EncodeCache::default())),
             routes: RwLock::new(Routes::default()),
             next_client: AtomicU64::new(1),
@@ -271,16 +264,17 @@ impl Hub {
         Some((first, last))
     }
 
-    /// A new client id and its wake-up signal (see [`Hub::set_interest`]).
-    pub fn new_client(&self) -> (u64, Arc<Notify>) {
+    /// A new client id and its inbox (see [`Hub::set_interest`]).
+    pub fn new_client(&self) -> (u64, Arc<Inbox>) {
         let id = self.next_client.fetch_add(1, Ordering::Relaxed);
-        (id, Arc::new(Notify::new()))
+        (id, Arc::new(Inbox::default()))
     }
 
-    /// Says which publishes wake client `id` from now on (`Interest::Nothing` when it leaves).
-    pub fn set_interest(&self, id: u64, signal: &Arc<Notify>, interest: Interest) {
+    /// Says which publishes and presence changes reach client `id` from now on
+    /// (`Interest::Nothing` when it leaves).
+    pub fn set_interest(&self, id: u64, inbox: &Arc<Inbox>, interest: Interest) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        routes.set(id, signal, interest);
+        routes.set(id, inbox, interest);
         metrics::gauge!(m::ROUTED_CLIENTS).set(routes.clients() as f64);
     }
 
@@ -297,12 +291,15 @@ impl Hub {
             state.online = Some(online);
             state.since_us = Some(at_us);
         }
-        // No receiver is not an error: nobody is watching.
-        let _ = self.presence.send(PresenceEvent {
-            device_id,
-            online,
-            at_us,
-        });
+        // Only the clients watching that device (or every device) hear of it.
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .presence(PresenceEvent {
+                device_id,
+                online,
+                at_us,
+            });
     }
 
     /// Replaces a device's tags (tag subscriptions and tag grants are re-resolved by clients).
@@ -341,11 +338,6 @@ impl Hub {
     /// A receiver of the head position (wakes on every publish).
     pub fn watch_head(&self) -> watch::Receiver<u64> {
         self.head.subscribe()
-    }
-
-    /// A receiver of presence changes.
-    pub fn presence_events(&self) -> broadcast::Receiver<PresenceEvent> {
-        self.presence.subscribe()
     }
 
     /// Evicts what is older than the resume window now (publishing does this too).

@@ -7,8 +7,8 @@
 //!   what was lost).
 //! - [`hub`]: the log plus latest values, presence, tags, the head notification and the cache of
 //!   encoded frames; the server publishes here.
-//! - [`route`]: which client tasks a device's publish wakes (device -> clients, like a broker's
-//!   topic tree).
+//! - [`route`]: which client tasks a device's publish or presence change reaches (device ->
+//!   clients, like a broker's topic tree), and each client's inbox of presence events.
 //! - [`filter`]: subscription selectors, token grants, slow-consumer policies.
 //! - [`protocol`]: JSON control messages, replies, events, the JSON form of readings.
 //! - [`session`]: one client as a cursor into the log: subscriptions, batching; its `overflow`

@@ -152,3 +152,31 @@ async fn a_device_subscriber_behind_an_evicted_reading_of_its_device_gets_a_gap(
     assert_eq!(readings, vec![(1, 3.0)], "then what the log still holds");
     assert_eq!(s.cursor(), hub.head());
 }
+
+#[tokio::test(start_paused = true)]
+async fn presence_changes_reach_only_the_watchers_of_that_device() {
+    let hub = hub();
+    let mut s = session(&hub, limits());
+    let mut other = session(&hub, limits());
+    s.subscribe(devices(&[1])).expect("subscribed");
+    other.subscribe(devices(&[2])).expect("subscribed");
+    let signal = s.signal();
+    hub.set_online(2, true, 10);
+    assert!(signal.notified().now_or_never().is_none(), "not its device");
+    assert!(s.take_presence().is_empty());
+    hub.set_online(1, true, 11);
+    assert!(signal.notified().now_or_never().is_some());
+    let got = s.take_presence();
+    assert_eq!(got.len(), 1);
+    let Outbound::Json { kind, bytes } = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(*kind, "online");
+    let v: Value = serde_json::from_slice(bytes).expect("json");
+    assert_eq!(v["device"], "1");
+    assert_eq!(
+        other.take_presence().len(),
+        1,
+        "device 2's watcher got its own"
+    );
+}

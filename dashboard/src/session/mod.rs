@@ -19,7 +19,7 @@ use crate::filter::{Grants, Policy, Resolved, Selector, SubKind};
 use crate::hub::{Format, Hub, PresenceEvent};
 use crate::metrics as m;
 use crate::protocol::{self, GapReason, Op, ProtocolError, SubscribeArgs};
-use crate::route::Interest;
+use crate::route::{Inbox, Interest};
 
 mod batch;
 mod overflow;
@@ -149,8 +149,8 @@ pub struct Session {
     plan: Option<Plan>,
     /// Id of this client in the hub's routing table.
     client: u64,
-    /// Woken by the hub when a publish may concern this client.
-    signal: Arc<Notify>,
+    /// Woken by the hub when a publish may concern this client; holds its presence events.
+    inbox: Arc<Inbox>,
     /// The last step left readings after the cursor (ask again without waiting for a wake).
     more: bool,
 }
@@ -158,7 +158,7 @@ pub struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.hub
-            .set_interest(self.client, &self.signal, Interest::Nothing);
+            .set_interest(self.client, &self.inbox, Interest::Nothing);
     }
 }
 
@@ -167,7 +167,7 @@ impl Session {
     pub fn new(hub: Arc<Hub>, format: Format, grants: Grants, limits: ClientLimits) -> Session {
         let cursor = hub.head();
         let tags_generation = hub.tags_generation();
-        let (client, signal) = hub.new_client();
+        let (client, inbox) = hub.new_client();
         Session {
             hub,
             format,
@@ -183,7 +183,7 @@ impl Session {
             found: Vec::new(),
             plan: None,
             client,
-            signal,
+            inbox,
             more: true,
         }
     }
@@ -191,7 +191,20 @@ impl Session {
     /// The signal the hub notifies when a publish may concern this client (the driver waits on
     /// it between steps).
     pub fn signal(&self) -> Arc<Notify> {
-        self.signal.clone()
+        self.inbox.signal().clone()
+    }
+
+    /// The presence events for this client queued by the hub since last time (or the presence
+    /// of all its devices if it missed some).
+    pub fn take_presence(&self) -> Vec<Outbound> {
+        let (events, lagged) = self.inbox.take_presence();
+        if lagged {
+            return vec![self.presence_resync()];
+        }
+        events
+            .into_iter()
+            .filter_map(|ev| self.on_presence(ev))
+            .collect()
     }
 
     /// Whether the last [`Session::next_batch`] left readings to send (so the driver asks again
@@ -227,7 +240,7 @@ impl Session {
             ids.dedup();
             Interest::Devices(ids)
         };
-        self.hub.set_interest(self.client, &self.signal, interest);
+        self.hub.set_interest(self.client, &self.inbox, interest);
         self.plan = None;
         self.more = true;
     }
