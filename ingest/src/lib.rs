@@ -5,6 +5,7 @@
 //! - [`config`]: the one typed configuration (flags, `TELEMUX_*` env, TOML file).
 //! - [`auth`]: signed device/operator tokens, the secret file, revocation.
 //! - [`routes`]: HTTP routes (warp): device WebSocket upgrade, `/healthz`, `/readyz`, `/metrics`.
+//! - [`ui`]: the web dashboard: `/` and `/ui/<file>` from the files embedded in `dashboard::web`.
 //! - [`edge`]: one task per device connection: check, admit, ack, heartbeat, limits.
 //! - [`live`]: dashboard endpoints `/v1/live` (WebSocket) and `/v1/live/sse`: origin and operator
 //!   token checks, then the `dashboard` crate's hub sessions.
@@ -29,6 +30,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod writer;
 
 use std::future::Future;

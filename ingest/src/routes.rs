@@ -1,5 +1,6 @@
 //! HTTP routes (warp filters): the device WebSocket upgrade, the live dashboard endpoints
-//! (`/v1/live`, `/v1/live/sse`, see `live`), health, readiness and metrics.
+//! (`/v1/live`, `/v1/live/sse`, see `live`), the web dashboard (`/`, `/ui/...`, see `ui`),
+//! health, readiness and metrics.
 //! Every refusal is an HTTP status with a JSON body `{"error": code, "message": text}`.
 
 use std::convert::Infallible;
@@ -98,7 +99,9 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .map(crate::live::sse);
-    healthz
+    crate::ui::routes()
+        .or(healthz)
+        .unify()
         .or(readyz)
         .unify()
         .or(metrics)

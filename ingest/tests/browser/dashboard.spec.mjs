@@ -1,0 +1,175 @@
+// The web dashboard in real Chromium (Debian's, through playwright-core). Run by
+// ingest/tests/browser.rs, which starts the server and the devices and answers two requests on
+// stdin: `RESTART_ME` (kill -9 and restart the server) and `EXPECT?` (the channel-1 timestamps
+// device 1 sent and had stored). Exits non-zero on the first failed check.
+import { chromium } from 'playwright-core';
+import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+
+const env = (k, d) => process.env[k] ?? d;
+const DASHBOARD_URL = env('DASHBOARD_URL');
+const DEVICES = env('DEVICES', '1').split(',');
+const CHANNELS = Number(env('CHANNELS', '1'));
+const ARTIFACTS = env('ARTIFACTS', '.');
+/** Load phase: 1,000 readings/s for this long, then the JS heap must be under HEAP_BOUND. */
+const HEAP_SECS = Number(env('HEAP_SECS', '120'));
+const HEAP_BOUND = Number(env('HEAP_BOUND_MB', '32')) * 1024 * 1024;
+const origin = new URL(DASHBOARD_URL).origin;
+
+const stdin = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function ask(request) {
+  console.log(request);
+  const { value, done } = await stdin.next();
+  if (done) throw new Error(`no answer to ${request}`);
+  return value;
+}
+
+function check(ok, what) {
+  if (!ok) throw new Error(`check failed: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+/** Polls `fn` in the page until it returns a truthy value (a bound on waiting, not a timing check). */
+async function until(page, fn, arg, what, timeout = 30_000) {
+  try {
+    const h = await page.waitForFunction(fn, arg, { timeout, polling: 100 });
+    const v = await h.jsonValue();
+    console.log(`ok: ${what}`);
+    return v;
+  } catch (e) {
+    await shot(page, `failed-${what.replace(/\W+/g, '-').slice(0, 40)}`);
+    throw new Error(`waiting for ${what}: ${e.message.split('\n')[0]}`);
+  }
+}
+
+async function shot(page, name) {
+  const path = join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path, fullPage: true }).catch(() => {});
+  console.log(`screenshot: ${path}`);
+}
+
+async function heapUsed(page) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('HeapProfiler.enable');
+  await cdp.send('HeapProfiler.collectGarbage');
+  await cdp.send('Performance.enable');
+  const { metrics } = await cdp.send('Performance.getMetrics');
+  await cdp.detach();
+  return metrics.find((m) => m.name === 'JSHeapUsedSize').value;
+}
+
+const chartInfo = (ch) => {
+  const c = window.__telemux?.view?.charts?.get(ch);
+  return c ? { points: c.series.length, drawn: c.drawnPoints, mode: c.mode, last: c.series.last() } : null;
+};
+
+const browser = await chromium.launch({
+  executablePath: env('CHROMIUM', '/usr/bin/chromium'),
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+let exitCode = 0;
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+
+  // No token, then a bad token: a clear message, not a blank page.
+  const lost = await context.newPage();
+  await lost.goto(`${origin}/`);
+  await until(lost, () => document.querySelector('#banner:not([hidden])')?.textContent.includes('No operator token'), null, 'no token: the page says so');
+  await shot(lost, 'no-token');
+  await lost.evaluate(() => sessionStorage.clear());
+  await lost.goto(`${origin}/?token=not-a-token`);
+  await until(lost, () => document.querySelector('#banner:not([hidden])')?.textContent.includes('refused'), null, 'bad token: the page says the server refused it');
+  await shot(lost, 'bad-token');
+  await lost.close();
+
+  // Fleet view: every device, online, live values changing, the filter.
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
+  await page.goto(DASHBOARD_URL);
+  check(!page.url().includes('token='), 'the token is stripped from the address bar');
+  await until(page, (ids) => ids.every((id) => document.querySelector(`tr[data-device="${id}"] .dot.on`)), DEVICES, `all ${DEVICES.length} devices shown online`);
+  await until(page, () => document.querySelector('#conn').dataset.state === 'live', null, 'connection indicator says live');
+  const first = await page.textContent(`tr[data-device="${DEVICES[0]}"] td.values`);
+  await until(page, ([id, before]) => document.querySelector(`tr[data-device="${id}"] td.values`).textContent !== before, [DEVICES[0], first], 'a live value changes');
+  await page.fill('#filter', DEVICES[DEVICES.length - 1]);
+  const visible = await page.$$eval('#rows tr:not([hidden])', (rows) => rows.map((r) => r.dataset.device));
+  check(visible.length === 1 && visible[0] === DEVICES[DEVICES.length - 1], `filter "${DEVICES[DEVICES.length - 1]}" shows only that device (${visible})`);
+  await page.fill('#filter', '');
+  await shot(page, 'fleet');
+
+  // Device view: a chart per channel, drawing.
+  await page.evaluate((id) => { location.hash = `#/device/${id}`; }, DEVICES[0]);
+  await until(page, (n) => document.querySelectorAll('.chart canvas').length === n, CHANNELS, `${CHANNELS} charts`);
+  await until(page, (ch) => (window.__telemux?.view?.charts?.get(ch)?.series.length ?? 0) > 0, 1, 'chart 1 has points');
+  await until(page, () => { const c = window.__telemux.view.charts.get(1); return c.drawnPoints > 20; }, null, 'chart 1 draws more than 20 points');
+  const inked = await page.evaluate(() => {
+    const cv = document.querySelector('.chart[data-channel="1"] canvas');
+    const px = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;
+    let n = 0;
+    for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++;
+    return n;
+  });
+  check(inked > 500, `chart 1 canvas has ink (${inked} pixels)`);
+  await shot(page, 'device-live');
+
+  // Restart the server (kill -9): the page reconnects by itself and resumes.
+  const before = await page.evaluate(chartInfo, 1);
+  await page.evaluate(() => { window.__states = []; window.__telemux.live.listen((m) => m.t === 'status' && window.__states.push(m.state)); });
+  check((await ask('RESTART_ME')) === 'RESTARTED', 'server restarted');
+  await until(page, () => window.__states.includes('reconnecting'), null, 'indicator shows reconnecting');
+  await until(page, () => document.querySelector('#conn').dataset.state === 'live', null, 'reconnected by itself', 60_000);
+  await until(page, ([last]) => window.__telemux.view.charts.get(1).series.last() > last + 3e6, [before.last], 'chart 1 gets readings after the restart', 60_000);
+  await shot(page, 'device-after-restart');
+  const expected = JSON.parse(await ask('EXPECT?'));
+  const got = await page.evaluate(() => window.__telemux.series(1).ts);
+  let dups = 0;
+  for (let i = 1; i < got.length; i++) if (got[i] <= got[i - 1]) dups++;
+  check(dups === 0, `chart 1 has no duplicate or out-of-order point (${got.length} points)`);
+  const sent = new Set(expected.sent);
+  const stray = got.filter((t) => !sent.has(t));
+  check(stray.length === 0, `every chart point is a reading the device sent (${stray.length} not)`);
+  const have = new Set(got);
+  const hi = Math.min(got[got.length - 1], expected.stored[expected.stored.length - 1]);
+  const holes = expected.stored.filter((t) => t >= got[0] && t <= hi && !have.has(t));
+  check(holes.length === 0, `no hole: every stored reading from the chart's first to ${hi} is drawn (${holes.length} missing${holes.length ? `, first ${holes.slice(0, 3)}` : ''})`);
+
+  // History: a range from the API, aggregated to the chart width; then back to live.
+  await page.selectOption('#range', '15m');
+  await until(page, () => { const c = window.__telemux.view.charts.get(1); return c.mode === 'history' && c.drawnPoints > 0; }, null, 'history range renders', 30_000);
+  await until(page, () => document.querySelector('#mode').textContent.includes('step'), null, 'history mode shows its step');
+  await shot(page, 'device-history');
+  await page.selectOption('#range', 'live');
+  await until(page, () => { const c = window.__telemux.view.charts.get(1); return c.mode === 'live' && c.drawnPoints > 0; }, null, 'back to live');
+
+  // A second tab shares the first one's connection (SharedWorker): one socket on the server.
+  const [fleetTab] = await Promise.all([context.waitForEvent('page'), page.evaluate(() => window.open('/#/'))]);
+  await until(fleetTab, (n) => document.querySelectorAll('#rows tr').length === n, DEVICES.length, 'second tab shows the fleet');
+  const mode = await fleetTab.evaluate(() => window.__telemux.live.mode);
+  const metrics = await (await fetch(`${origin}/metrics`)).text();
+  const sockets = Number(/telemux_live_clients\{transport="ws"\} (\d+)/.exec(metrics)?.[1] ?? NaN);
+  check(mode !== 'shared-worker' || sockets === 1, `two tabs, ${mode}: ${sockets} live socket(s) on the server`);
+
+  // Memory under load: 1,000 readings/s for HEAP_SECS, heap measured after a forced GC.
+  const start = [await heapUsed(page), await heapUsed(fleetTab)];
+  console.log(`heap at start: device tab ${(start[0] / 1048576).toFixed(1)} MiB, fleet tab ${(start[1] / 1048576).toFixed(1)} MiB`);
+  const startPoints = (await page.evaluate(chartInfo, 1)).points;
+  for (let s = 0; s < HEAP_SECS; s += 30) {
+    await page.waitForTimeout(Math.min(30, HEAP_SECS - s) * 1000);
+    const info = await page.evaluate(chartInfo, 1);
+    console.log(`load ${Math.min(s + 30, HEAP_SECS)}s: chart 1 holds ${info.points} points`);
+  }
+  const end = [await heapUsed(page), await heapUsed(fleetTab)];
+  const endPoints = (await page.evaluate(chartInfo, 1)).points;
+  console.log(`HEAP device_tab_start=${start[0]} device_tab_end=${end[0]} fleet_tab_start=${start[1]} fleet_tab_end=${end[1]} bound=${HEAP_BOUND}`);
+  check(endPoints > startPoints, `chart kept receiving readings (${startPoints} -> ${endPoints} points)`);
+  check(end[0] < HEAP_BOUND && end[1] < HEAP_BOUND, `JS heap after ${HEAP_SECS}s of load under ${HEAP_BOUND / 1048576} MiB (${(end[0] / 1048576).toFixed(1)}, ${(end[1] / 1048576).toFixed(1)} MiB)`);
+  await shot(page, 'device-after-load');
+  await shot(fleetTab, 'fleet-after-load');
+} catch (e) {
+  console.log(`FAILED: ${e.message}`);
+  exitCode = 1;
+} finally {
+  await browser.close();
+}
+process.exit(exitCode);
