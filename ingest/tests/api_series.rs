@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use api_support::{Lcg, Sent, base_us, get, operator, seed};
+use api_support::{Lcg, Schedule, Sent, base_us, get, operator, seed};
 use common::{TestServer, metric, metrics_text};
 
 /// Starts a server with small API limits and seeds device 7 (channels 1, 2) and 8 (channel 1).
@@ -23,8 +23,20 @@ async fn seeded() -> (TestServer, Vec<Sent>, i64) {
     let base = base_us();
     let mut rng = Lcg(42);
     // 12 frames x 40 readings per channel, 700 ms apart: 336 s of data per channel.
-    let mut sent = seed(&server, 7, &[1, 2], base, 700_000, 12, 40, &mut rng).await;
-    sent.extend(seed(&server, 8, &[1], base + 350, 1_300_000, 5, 30, &mut rng).await);
+    let every_700ms = Schedule {
+        base_us: base,
+        spacing_us: 700_000,
+        frames: 12,
+        per_frame: 40,
+    };
+    let every_1300ms = Schedule {
+        base_us: base + 350,
+        spacing_us: 1_300_000,
+        frames: 5,
+        per_frame: 30,
+    };
+    let mut sent = seed(&server, 7, &[1, 2], every_700ms, &mut rng).await;
+    sent.extend(seed(&server, 8, &[1], every_1300ms, &mut rng).await);
     (server, sent, base)
 }
 

@@ -114,18 +114,31 @@ impl Lcg {
     }
 }
 
-/// Sends `frames` frames of readings for `channels` from `device`, starting at `base_us` with
-/// one reading per channel every `spacing_us`, and waits until all are acknowledged (stored).
+/// When readings are taken: `frames` frames of `per_frame` readings per channel, one every
+/// `spacing_us` from `base_us`.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    pub base_us: i64,
+    pub spacing_us: u32,
+    pub frames: u64,
+    pub per_frame: u32,
+}
+
+/// Sends the readings of `schedule` for `channels` from `device` (values from `rng`) and waits
+/// until all are acknowledged, that is stored.
 pub async fn seed(
     server: &TestServer,
     device: u64,
     channels: &[u16],
-    base_us: i64,
-    spacing_us: u32,
-    frames: u64,
-    per_frame: u32,
+    schedule: Schedule,
     rng: &mut Lcg,
 ) -> Vec<Sent> {
+    let Schedule {
+        base_us,
+        spacing_us,
+        frames,
+        per_frame,
+    } = schedule;
     let mut dev: Device = server.device(device).await;
     let mut sent = Vec::new();
     for f in 0..frames {
