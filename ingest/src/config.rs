@@ -233,6 +233,34 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub device_tags: Vec<String>,
+
+    /// Display names of devices in the history API, as `ID:NAME` (repeatable; comma-separated in
+    /// the environment), e.g. `--device-name 7:pump-7`. Named devices are listed even before
+    /// they first connect.
+    #[arg(
+        long = "device-name",
+        env = "TELEMUX_DEVICE_NAMES",
+        value_delimiter = ','
+    )]
+    pub device_names: Vec<String>,
+
+    /// History API: largest `limit` (raw readings per `/v1/series` response; larger: HTTP 400).
+    /// Bigger results are paged with `cursor`.
+    #[arg(long, env = "TELEMUX_API_MAX_ROWS", default_value_t = 100_000)]
+    pub api_max_rows: u32,
+
+    /// History API: most buckets per series of an aggregate query, `(to - from) / step`
+    /// (more: HTTP 400).
+    #[arg(long, env = "TELEMUX_API_MAX_BUCKETS", default_value_t = 10_000)]
+    pub api_max_buckets: u32,
+
+    /// History API: longest `to - from` of one query (longer: HTTP 400).
+    #[arg(long, env = "TELEMUX_API_MAX_RANGE", default_value = "366days")]
+    pub api_max_range: HumanDuration,
+
+    /// History API: most (device, channel) series in one `/v1/series` call (more: HTTP 400).
+    #[arg(long, env = "TELEMUX_API_MAX_SERIES", default_value_t = 100)]
+    pub api_max_series: u32,
 }
 
 /// Why the configuration could not be loaded.
@@ -345,6 +373,26 @@ impl Config {
                 reason: e.reason,
             })?;
         self.parsed_device_tags()?;
+        self.parsed_device_names()?;
+        let api = [
+            ("api_max_rows", self.api_max_rows),
+            ("api_max_buckets", self.api_max_buckets),
+            ("api_max_series", self.api_max_series),
+        ];
+        for (key, v) in api {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.api_max_range.0.as_millis() < 1 {
+            return Err(ConfigError::Invalid {
+                key: "api_max_range",
+                reason: "must be at least 1ms".into(),
+            });
+        }
         if self.live_max_clients == 0 {
             return Err(ConfigError::Invalid {
                 key: "live_max_clients",
@@ -392,6 +440,23 @@ impl Config {
                     .ok_or_else(|| ConfigError::Invalid {
                         key: "device_tags",
                         reason: format!("expected `ID:TAG` (tag without `*`), found `{t}`"),
+                    })
+            })
+            .collect()
+    }
+
+    /// `device_names` as (device id, name) pairs; a later entry for the same id wins.
+    pub fn parsed_device_names(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        self.device_names
+            .iter()
+            .map(|t| {
+                t.split_once(':')
+                    .and_then(|(id, name)| Some((id.trim().parse().ok()?, name.trim())))
+                    .filter(|(_, name)| !name.is_empty())
+                    .map(|(id, name)| (id, name.to_string()))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "device_names",
+                        reason: format!("expected `ID:NAME` with a non-empty name, found `{t}`"),
                     })
             })
             .collect()
@@ -445,8 +510,8 @@ pub enum TokenCommand {
         #[arg(long)]
         ttl: Option<HumanDuration>,
     },
-    /// Print an operator token for the live endpoints `/v1/live` and `/v1/live/sse` (alone on
-    /// stdout).
+    /// Print an operator token for the live endpoints (`/v1/live`, `/v1/live/sse`) and the
+    /// history API (`/v1/devices`, `/v1/series`), alone on stdout.
     Operator {
         /// Devices the token may watch: `*`, a device id, or `tag:<tag>` / `tag:<prefix>*`
         /// (repeatable; `*` when omitted).

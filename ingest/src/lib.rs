@@ -9,6 +9,8 @@
 //! - [`edge`]: one task per device connection: check, admit, ack, heartbeat, limits.
 //! - [`live`]: dashboard endpoints `/v1/live` (WebSocket) and `/v1/live/sse`: origin and operator
 //!   token checks, then the `dashboard` crate's hub sessions.
+//! - [`operator`]: operator authentication (origin, token, grants) shared by live and the API.
+//! - [`api`]: the operator history API `/v1/devices`, `/v1/series`, `/v1/openapi.json`.
 //! - [`devices`]: per-device state shared by the connection and the writer (dedup, acks).
 //! - [`dedup`]: the per-device duplicate window.
 //! - [`writer`]: the bounded queue and the batching writer (acks after commit).
@@ -19,6 +21,7 @@
 //!
 //! [`run`] is the whole server; the binary only parses arguments and binds the listener.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dedup;
@@ -26,6 +29,7 @@ pub mod devices;
 pub mod edge;
 pub mod limits;
 pub mod live;
+pub mod operator;
 pub mod routes;
 pub mod server;
 pub mod store;

@@ -1,6 +1,6 @@
 //! HTTP routes (warp filters): the device WebSocket upgrade, the live dashboard endpoints
-//! (`/v1/live`, `/v1/live/sse`, see `live`), the web dashboard (`/`, `/ui/...`, see `ui`),
-//! health, readiness and metrics.
+//! (`/v1/live`, `/v1/live/sse`, see `live`), the history API (`/v1/devices`, `/v1/series`, see
+//! `api`), the web dashboard (`/`, `/ui/...`, see `ui`), health, readiness and metrics.
 //! Every refusal is an HTTP status with a JSON body `{"error": code, "message": text}`.
 
 use std::convert::Infallible;
@@ -95,7 +95,7 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .map(crate::live::upgrade);
     let live_sse = warp::path!("v1" / "live" / "sse")
         .and(warp::get())
-        .and(with_app)
+        .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .map(crate::live::sse);
@@ -111,6 +111,8 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .or(live_ws)
         .unify()
         .or(live_sse)
+        .unify()
+        .or(crate::api::routes(app))
         .unify()
         .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(rejection(r)) })
         .unify()
