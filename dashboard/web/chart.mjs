@@ -136,19 +136,21 @@ export class Chart {
     ctx.fillText(fmtTime(x0), PAD.left, cssH - 6);
     const right = fmtTime(x1);
     ctx.fillText(right, PAD.left + w - ctx.measureText(right).width, cssH - 6);
-    // The line: through each column's min and max.
+    // The line: through each column's min and max, broken where the data has a gap (empty
+    // columns for much longer than the average spacing: the device was silent).
     ctx.strokeStyle = this.colors.line;
     ctx.lineWidth = 1.5;
     ctx.beginPath();
-    let started = false;
+    const maxGap = Math.max(3, (5 * cols) / n);
+    let prev = -Infinity;
     for (let c = 0; c < cols; c++) {
       if (mins[c] === Infinity) continue;
       const x = PAD.left + c + 0.5;
-      if (!started) {
-        ctx.moveTo(x, y(mins[c]));
-        started = true;
-      } else ctx.lineTo(x, y(mins[c]));
+      if (c - prev > maxGap) ctx.moveTo(x, y(mins[c]));
+      else ctx.lineTo(x, y(mins[c]));
       if (maxs[c] !== mins[c]) ctx.lineTo(x, y(maxs[c]));
+      else if (c - prev > maxGap) ctx.lineTo(x + 0.5, y(mins[c])); // a lone point stays visible
+      prev = c;
     }
     ctx.stroke();
   }
