@@ -50,7 +50,7 @@ export class DeviceView {
     this.cleanups.push(this.live.listen((m) => this.onLive(m)));
     this.cleanups.push(() => this.live.unsubscribe('device'));
     this.abort = new AbortController();
-    this.loadInfo();
+    this.info = this.loadInfo();
     this.goLive();
   }
 
@@ -59,6 +59,7 @@ export class DeviceView {
     this.cleanups.push(() => el.removeEventListener(ev, fn));
   }
 
+  /** Name, online status and the channels the device has stored (the charts to show). */
   async loadInfo() {
     try {
       const d = await this.api.get(`/v1/devices/${encodeURIComponent(this.id)}`, {}, { signal: this.abort.signal });
@@ -68,6 +69,12 @@ export class DeviceView {
     } catch (e) {
       if (e.status === 401) this.showError(e);
     }
+  }
+
+  /** The channels to query: those charted, else those the device info lists. */
+  async channels() {
+    if (!this.charts.size) await this.info;
+    return [...this.charts.keys()];
   }
 
   setOnline(online) {
@@ -127,9 +134,10 @@ export class DeviceView {
 
   /** Raw readings of [fromMs, toMs] merged into the live charts (duplicates are ignored). */
   async backfill(fromMs, toMs) {
-    const channels = [...this.charts.keys()];
     try {
-      const byChannel = await this.api.points(this.id, channels.length ? channels : undefined, fromMs, toMs, { signal: this.abort.signal });
+      const channels = await this.channels();
+      if (!channels.length) return; // nothing stored yet: nothing to fill in
+      const byChannel = await this.api.points(this.id, channels, fromMs, toMs, { signal: this.abort.signal });
       if (this.mode !== 'live') return;
       for (const [ch, points] of byChannel) {
         const c = this.chart(ch);
@@ -175,9 +183,13 @@ export class DeviceView {
     const width = this.charts.values().next().value?.width ?? 600;
     const step = Math.max(1, Math.ceil((toMs - fromMs) / width));
     this.el.mode.textContent = `history · ${new Date(fromMs).toLocaleString()} – ${new Date(toMs).toLocaleString()} · step ${step} ms`;
-    const channels = [...this.charts.keys()];
     try {
-      const body = await this.api.buckets(this.id, channels.length ? channels : undefined, fromMs, toMs, step, 'avg', this.abort.signal);
+      const channels = await this.channels();
+      if (!channels.length) {
+        this.el.mode.textContent = 'history: this device has no stored readings';
+        return;
+      }
+      const body = await this.api.buckets(this.id, channels, fromMs, toMs, step, 'avg', this.abort.signal);
       if (this.mode !== 'history') return;
       const seen = new Set();
       for (const s of body.series ?? []) {

@@ -99,7 +99,7 @@ try {
   await shot(page, 'fleet');
 
   // Device view: a chart per channel, drawing.
-  await page.evaluate((id) => { location.hash = `#/device/${id}`; }, DEVICES[0]);
+  const openedUs = await page.evaluate((id) => { location.hash = `#/device/${id}`; return Date.now() * 1000; }, DEVICES[0]);
   await until(page, (n) => document.querySelectorAll('.chart canvas').length === n, CHANNELS, `${CHANNELS} charts`);
   await until(page, (ch) => (window.__telemux?.view?.charts?.get(ch)?.series.length ?? 0) > 0, 1, 'chart 1 has points');
   await until(page, () => { const c = window.__telemux.view.charts.get(1); return c.drawnPoints > 20; }, null, 'chart 1 draws more than 20 points');
@@ -111,6 +111,7 @@ try {
     return n;
   });
   check(inked > 500, `chart 1 canvas has ink (${inked} pixels)`);
+  await until(page, (t) => window.__telemux.series(1).ts[0] < t - 2e6, openedUs, 'chart 1 is filled from history on open');
   await shot(page, 'device-live');
 
   // Restart the server (kill -9): the page reconnects by itself and resumes.
@@ -121,6 +122,7 @@ try {
   await until(page, () => document.querySelector('#conn').dataset.state === 'live', null, 'reconnected by itself', 60_000);
   await until(page, ([last]) => window.__telemux.view.charts.get(1).series.last() > last + 3e6, [before.last], 'chart 1 gets readings after the restart', 60_000);
   await shot(page, 'device-after-restart');
+  await until(page, () => window.__telemux.view.backfills >= 2, null, 'the restart gap was backfilled from the API');
   const expected = JSON.parse(await ask('EXPECT?'));
   const got = await page.evaluate(() => window.__telemux.series(1).ts);
   let dups = 0;
