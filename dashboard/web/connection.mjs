@@ -253,7 +253,7 @@ export class Connection {
     const wasOpen = this.openedAt !== 0;
     this.openedAt = 0;
     if (AUTH_CLOSES.has(code)) {
-      this.setStatus('auth', { code, message: `${AUTH_CLOSES.get(code)}: open the dashboard URL with a fresh token` });
+      this.setStatus('auth', { code, message: `the live connection was closed: ${AUTH_CLOSES.get(code)}` });
       return;
     }
     if (!wasOpen) {

@@ -289,6 +289,10 @@ async fn dashboard_in_chromium_shows_fleet_live_charts_history_and_survives_rest
         }
     }
 
+    // Expires while the script watches it (close 4003 on the page's socket).
+    let short_token = authority
+        .mint_operator("expiring", vec!["*".into()], Some(Duration::from_secs(6)))
+        .expect("mint");
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let mut node = Command::new("node")
@@ -305,6 +309,7 @@ async fn dashboard_in_chromium_shows_fleet_live_charts_history_and_survives_rest
         .env("CHANNELS", CHANNELS.to_string())
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", CHROMIUM)
+        .env("SHORT_TOKEN", &short_token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -83,6 +83,18 @@ try {
   await shot(lost, 'bad-token');
   await lost.close();
 
+  // A token that expires while the page is open: the page says so (close 4003) and takes a new one.
+  const other = await browser.newContext({ viewport: { width: 1280, height: 600 } }); // its own SharedWorker
+  const expiring = await other.newPage();
+  await expiring.goto(`${origin}/?token=${env('SHORT_TOKEN')}`);
+  await until(expiring, () => document.querySelector('#conn').dataset.state === 'live', null, 'short-lived token: live');
+  await until(expiring, () => document.querySelector('#banner:not([hidden])')?.textContent.includes('token expired'), null, 'token expiry: the page says so', 60_000);
+  await shot(expiring, 'token-expired');
+  await expiring.fill('#banner input[name=token]', new URL(DASHBOARD_URL).searchParams.get('token'));
+  await expiring.click('#banner button');
+  await until(expiring, () => document.querySelector('#conn').dataset.state === 'live' && document.querySelector('#banner').hidden, null, 'a fresh token pasted: live again');
+  await other.close();
+
   // Fleet view: every device, online, live values changing, the filter.
   const page = await context.newPage();
   page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
@@ -178,6 +190,30 @@ try {
   check(endPoints > startPoints, `chart kept receiving readings (${startPoints} -> ${endPoints} points)`);
   for (const [k, v] of Object.entries(end)) check(v < HEAP_BOUND, `${k} tab: JS heap after ${HEAP_SECS}s of load under ${HEAP_BOUND / 1048576} MiB`);
   await shot(page, 'device-after-load');
+
+  // Draw cost of one chart holding a full buffer (reported, not asserted: the machine is shared).
+  const cost = await page.evaluate(async () => {
+    const { Chart } = await import('/ui/chart.mjs');
+    const { SERIES_CAPACITY } = await import('/ui/series.mjs');
+    const box = document.createElement('div');
+    box.style.width = '600px';
+    document.body.append(box);
+    const c = new Chart(box, 'draw cost');
+    const t0 = Date.now() * 1000;
+    for (let i = 0; i < SERIES_CAPACITY; i++) c.add(t0 + i * 10_000, Math.sin(i / 50) + Math.random() * 0.1);
+    const times = [];
+    for (let k = 0; k < 101; k++) {
+      c.dirty = true;
+      const a = performance.now();
+      c.draw();
+      times.push(performance.now() - a);
+    }
+    c.destroy();
+    box.remove();
+    times.sort((x, y) => x - y);
+    return { points: SERIES_CAPACITY, drawn: c.drawnPoints, median_ms: times[50], p90_ms: times[90] };
+  });
+  console.log(`chart draw cost: ${cost.points} points (${cost.drawn} in the 5-min window) median ${cost.median_ms.toFixed(3)} ms, p90 ${cost.p90_ms.toFixed(3)} ms per draw`);
   await shot(fleetTab, 'fleet-after-load');
   await ownTab.close(); // pagehide: its socket closes; the device tab's view stays subscribed
   await fleetTab.close();
