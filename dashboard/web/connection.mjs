@@ -220,7 +220,9 @@ export class Connection {
 
   onEvent(m) {
     if (m.type === 'coalesced' && later(m.to_position, this.position)) this.position = m.to_position;
-    if (m.type === 'gap' && m.to_position && later(m.to_position, this.position)) this.position = m.to_position;
+    // After a gap the stream continues from the server's cursor, which may lie below our last
+    // position (a position the server never gave out, e.g. its clock went back): start over there.
+    if (m.type === 'gap') this.position = m.to_position ?? null;
     if (m.type === 'snapshot') {
       const entry = this.bySub.get(m.sub);
       if (entry) entry.client.post({ t: 'event', key: entry.key, data: m });

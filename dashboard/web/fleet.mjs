@@ -47,9 +47,10 @@ export class FleetView {
     const tick = setInterval(() => this.tick(), 1000);
     this.cleanups.push(() => clearInterval(tick));
     this.abort = new AbortController();
-    this.load();
+    this.listed = this.load();
   }
 
+  /** Merges the API's device list (names, tags, last seen); resolves to the listed ids. */
   async load() {
     try {
       const body = await this.api.devices(this.abort.signal);
@@ -62,11 +63,13 @@ export class FleetView {
         for (const l of d.latest ?? []) if (!dev.latest.has(l.channel)) dev.latest.set(l.channel, l.value);
         this.touch(dev);
       }
+      return (body.devices ?? []).map((d) => d.id);
     } catch (e) {
-      if (e.name === 'AbortError') return;
+      if (e.name === 'AbortError') return [];
       if (e.status === 401) this.showError(e);
       // Otherwise the live snapshot still lists every device the server has seen this run.
       else console.warn('device list unavailable:', e.message);
+      return [];
     }
   }
 
@@ -94,6 +97,13 @@ export class FleetView {
       }
     } else if (m.t === 'event') {
       const e = m.data;
+      if (e.type === 'sub_error' && m.key === 'fleet' && e.error === 'not_granted' && !this.narrowed) {
+        // A token for some devices only: watch those the API lists instead of every device.
+        this.narrowed = true;
+        this.listed.then((ids) => ids.length && this.live.subscribe('fleet', ids.slice(0, 10_000)));
+      } else if (e.type === 'sub_error') {
+        console.warn(`live subscription refused: ${e.error}: ${e.message}`);
+      }
       if (e.type === 'snapshot' || e.type === 'presence') {
         for (const s of e.devices) {
           const d = this.device(s.device);
@@ -112,7 +122,7 @@ export class FleetView {
         d.onlineAt = e.at_us;
         this.touch(d);
       } else if (e.type === 'gap') {
-        this.load(); // latest values may have moved on while we were away
+        this.listed = this.load(); // latest values may have moved on while we were away
       }
     }
   }

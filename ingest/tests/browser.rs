@@ -293,6 +293,9 @@ async fn dashboard_in_chromium_shows_fleet_live_charts_history_and_survives_rest
     let short_token = authority
         .mint_operator("expiring", vec!["*".into()], Some(Duration::from_secs(6)))
         .expect("mint");
+    let narrow_token = authority
+        .mint_operator("narrow", vec!["2".into(), "3".into()], None)
+        .expect("mint");
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let mut node = Command::new("node")
@@ -310,6 +313,8 @@ async fn dashboard_in_chromium_shows_fleet_live_charts_history_and_survives_rest
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", CHROMIUM)
         .env("SHORT_TOKEN", &short_token)
+        .env("NARROW_TOKEN", &narrow_token)
+        .env("NARROW_DEVICES", "2,3")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

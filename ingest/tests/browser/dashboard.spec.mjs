@@ -95,6 +95,19 @@ try {
   await until(expiring, () => document.querySelector('#conn').dataset.state === 'live' && document.querySelector('#banner').hidden, null, 'a fresh token pasted: live again');
   await other.close();
 
+  // A token for some devices only: the fleet shows those, live (subscribed by id, not `*`).
+  const narrowIds = env('NARROW_DEVICES', '').split(',');
+  const narrowCtx = await browser.newContext({ viewport: { width: 1280, height: 400 } });
+  const narrow = await narrowCtx.newPage();
+  await narrow.goto(`${origin}/?token=${env('NARROW_TOKEN')}`);
+  await until(narrow, (ids) => ids.every((id) => document.querySelector(`tr[data-device="${id}"] .dot.on`)), narrowIds, `narrow token: devices ${narrowIds} shown online`);
+  const narrowFirst = await narrow.textContent(`tr[data-device="${narrowIds[0]}"] td.values`);
+  await until(narrow, ([id, before]) => document.querySelector(`tr[data-device="${id}"] td.values`).textContent !== before, [narrowIds[0], narrowFirst], 'narrow token: a live value changes');
+  const narrowRows = await narrow.$$eval('#rows tr', (rows) => rows.map((r) => r.dataset.device));
+  check(narrowRows.length === narrowIds.length, `narrow token: only its devices are listed (${narrowRows})`);
+  await shot(narrow, 'fleet-narrow-token');
+  await narrowCtx.close();
+
   // Fleet view: every device, online, live values changing, the filter.
   const page = await context.newPage();
   page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
