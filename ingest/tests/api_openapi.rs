@@ -70,7 +70,11 @@ fn check(doc: &Value, template: &str, r: &HttpReply) -> u16 {
 
 #[tokio::test]
 async fn the_document_matches_every_route_status_and_body() {
-    let server = TestServer::start(|c| c.device_names = vec!["9:spare".into()]).await;
+    let server = TestServer::start(|c| {
+        c.device_names = vec!["9:spare".into()];
+        c.api_max_rows = 321;
+    })
+    .await;
     let base = base_us();
     let schedule = Schedule {
         base_us: base,
@@ -84,10 +88,20 @@ async fn the_document_matches_every_route_status_and_body() {
     let served = get_with(server.addr, "/v1/openapi.json", &[]).await;
     assert_eq!(served.status, 200, "public, no token");
     let doc = served.json();
+    let mut written: Value =
+        serde_json::from_str(ingest::api::openapi::DOCUMENT).expect("embedded doc");
+    let limit_max = "/paths/~1v1~1series/get/parameters/6/schema/maximum";
     assert_eq!(
-        doc,
-        serde_json::from_str::<Value>(ingest::api::openapi::DOCUMENT).expect("embedded doc")
+        doc["paths"]["/v1/series"]["get"]["parameters"][6]["name"],
+        "limit"
     );
+    assert_eq!(
+        doc.pointer(limit_max),
+        Some(&Value::from(321)),
+        "this server's api_max_rows"
+    );
+    *written.pointer_mut(limit_max).expect("limit maximum") = Value::from(321);
+    assert_eq!(doc, written, "served = written, but for the server's limit");
     assert!(
         doc["openapi"]
             .as_str()
