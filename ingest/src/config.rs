@@ -604,6 +604,37 @@ mod tests {
     }
 
     #[test]
+    fn device_names_and_api_limits_are_checked() {
+        let c = load(&[
+            "ingest",
+            "--device-name",
+            "7:pump-7",
+            "--device-name",
+            "9: spare ",
+        ])
+        .expect("names");
+        let names = c.parsed_device_names().expect("parsed");
+        assert_eq!(names, vec![(7, "pump-7".into()), (9, "spare".into())]);
+        assert_eq!(
+            (c.api_max_rows, c.api_max_buckets, c.api_max_series),
+            (100_000, 10_000, 100)
+        );
+        for bad in [
+            ["--device-name", "pump"],
+            ["--device-name", "7:"],
+            ["--api-max-rows", "0"],
+        ] {
+            let e = load(&["ingest", bad[0], bad[1]]).expect_err(bad[1]);
+            let key = if bad[0] == "--device-name" {
+                "device_names"
+            } else {
+                "api_max_rows"
+            };
+            assert!(e.to_string().contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn bad_flags_name_the_flag() {
         let e = load(&["ingest", "--listen", "nowhere"]).expect_err("bad addr");
         assert!(e.to_string().contains("--listen"), "{e}");
