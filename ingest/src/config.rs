@@ -9,8 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+pub use crate::cli::{Cli, Command, TokenCommand};
 
 /// A duration written like `15s`, `250ms`, `2m`, `30d` (humantime syntax) in flags, env and TOML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -470,78 +472,6 @@ impl Config {
     }
 }
 
-/// Command line of the `ingest` binary.
-#[derive(Debug, Parser)]
-#[command(
-    name = "ingest",
-    version,
-    about = "telemux ingest server: devices stream binary frames over WebSocket; readings are stored exactly once and acknowledged after commit."
-)]
-pub struct Cli {
-    /// Server settings (used when no subcommand is given).
-    #[command(flatten)]
-    pub serve: Config,
-    /// What to do instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// Subcommands of `ingest`.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (the default when no subcommand is given).
-    Serve,
-    /// Mint or revoke tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-}
-
-/// `ingest token ...`
-#[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Print a device token (alone on stdout).
-    Device {
-        /// Device id (the `device_id` its frames carry).
-        device_id: u64,
-        /// Directory holding the token secret.
-        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
-        /// Token lifetime (`30d`, `12h`, ...); no expiry when omitted.
-        #[arg(long)]
-        ttl: Option<HumanDuration>,
-    },
-    /// Print an operator token for the live endpoints (`/v1/live`, `/v1/live/sse`) and the
-    /// history API (`/v1/devices`, `/v1/series`), alone on stdout.
-    Operator {
-        /// Devices the token may watch: `*`, a device id, or `tag:<tag>` / `tag:<prefix>*`
-        /// (repeatable; `*` when omitted).
-        #[arg(long = "devices", value_name = "PATTERN")]
-        devices: Vec<String>,
-        /// Token lifetime (`12h`, `30d`, ...); at expiry live sockets close with 4003.
-        #[arg(long, default_value = "12h")]
-        ttl: HumanDuration,
-        /// Operator name (the token subject is `operator:<name>`).
-        #[arg(long, default_value = "operator")]
-        name: String,
-        /// Directory holding the token secret.
-        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
-    },
-    /// Revoke every token issued so far to a device, or one token. Connected holders are
-    /// disconnected within `--revocation-poll`.
-    Revoke {
-        /// Device id whose tokens (all issued until now) to revoke.
-        #[arg(long, conflicts_with = "token", required_unless_present = "token")]
-        device: Option<u64>,
-        /// One token to revoke (the token string itself).
-        #[arg(long)]
-        token: Option<String>,
-        /// Directory of the store.
-        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
-    },
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,6 +531,37 @@ mod tests {
             e.to_string().contains("ping_interval") || e.to_string().contains("soon"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn device_names_and_api_limits_are_checked() {
+        let c = load(&[
+            "ingest",
+            "--device-name",
+            "7:pump-7",
+            "--device-name",
+            "9: spare ",
+        ])
+        .expect("names");
+        let names = c.parsed_device_names().expect("parsed");
+        assert_eq!(names, vec![(7, "pump-7".into()), (9, "spare".into())]);
+        assert_eq!(
+            (c.api_max_rows, c.api_max_buckets, c.api_max_series),
+            (100_000, 10_000, 100)
+        );
+        for bad in [
+            ["--device-name", "pump"],
+            ["--device-name", "7:"],
+            ["--api-max-rows", "0"],
+        ] {
+            let e = load(&["ingest", bad[0], bad[1]]).expect_err(bad[1]);
+            let key = if bad[0] == "--device-name" {
+                "device_names"
+            } else {
+                "api_max_rows"
+            };
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: the one typed configuration (flags, `TELEMUX_*` env, TOML file).
+//! - [`cli`]: the binary's command line (settings and token subcommands).
 //! - [`auth`]: signed device/operator tokens, the secret file, revocation.
 //! - [`routes`]: HTTP routes (warp): device WebSocket upgrade, `/healthz`, `/readyz`, `/metrics`.
 //! - [`ui`]: the web dashboard: `/` and `/ui/<file>` from the files embedded in `dashboard::web`.
@@ -23,6 +24,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod devices;

@@ -123,11 +123,15 @@ fn rejection(r: warp::Rejection) -> warp::reply::Response {
     if r.is_not_found() {
         json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        json_error(
+        // Every route of this server is GET (RFC 9110: a 405 lists the allowed methods).
+        let mut resp = json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "method not allowed on this route",
-        )
+            "method not allowed on this route; use GET",
+        );
+        resp.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+        resp
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         json_error(StatusCode::BAD_REQUEST, "invalid_query", e.to_string())
     } else {

@@ -36,6 +36,7 @@ use error::ApiError;
 
 /// Every route of the history API.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+    let doc_app = app.clone();
     let with_app = warp::any().map(move || app.clone());
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let common = warp::get()
@@ -60,7 +61,7 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .then(|app, headers, query| handle("series", app, headers, query, None, series::get));
     let openapi = warp::path!("v1" / "openapi.json")
         .and(warp::get())
-        .map(openapi::response);
+        .map(move || openapi::response(&doc_app.config));
     list.or(one)
         .unify()
         .or(latest)

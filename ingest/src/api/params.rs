@@ -124,10 +124,9 @@ pub fn time_us(param: &'static str, s: &str) -> Result<i64, ApiError> {
 }
 
 /// A bucket width in microseconds: `500ms`, `10s`, `1m`, `1h`, `1d`, or an integer of
-/// milliseconds; at least 1 ms, at most 1000 days.
+/// milliseconds; at least 1 ms, at most [`MAX_STEP_MS`].
 pub fn step_us(s: &str) -> Result<i64, ApiError> {
     const EXPECTED: &str = "a positive duration: an integer with unit ms, s, m, h or d (like 500ms, 10s, 1m, 1h, 1d), or milliseconds";
-    const MAX_STEP_MS: u64 = 1000 * 86_400_000;
     let t = s.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     let (num, unit) = t.split_at(digits);
@@ -147,6 +146,10 @@ pub fn step_us(s: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid("step", EXPECTED, s))?;
     Ok(ms as i64 * 1000)
 }
+
+/// Largest step in ms: any step whose microseconds fit an i64 (about 290,000 years) is a
+/// valid bucket width; the bucket-count limit bounds the work, not the step.
+pub const MAX_STEP_MS: u64 = (i64::MAX / 1000) as u64;
 
 /// An aggregate function name.
 pub fn agg(s: &str) -> Result<Agg, ApiError> {
@@ -255,7 +258,8 @@ mod tests {
         assert_eq!(step_us("1h").expect("h"), 3_600_000_000);
         assert_eq!(step_us("1d").expect("d"), 86_400_000_000);
         assert_eq!(step_us("250").expect("bare ms"), 250_000);
-        for bad in ["0", "0s", "-1s", "1w", "s", "1.5s", "99999999999999999999d"] {
+        assert_eq!(step_us("9999d").expect("long"), 9999 * 86_400_000_000);
+        for bad in ["0", "0s", "-1s", "1w", "s", "1.5s", "99999999999999999d"] {
             assert!(step_us(bad).is_err(), "{bad}");
         }
     }

@@ -124,12 +124,12 @@ fn parse(req: &Request) -> Result<SeriesQuery, ApiError> {
     let cursor = p.scalar("cursor")?;
     let agg = match (step, agg) {
         (Some(step), agg) => {
-            for (name, given) in [("limit", limit.is_some()), ("cursor", cursor.is_some())] {
-                if given {
+            for (name, given) in [("limit", limit), ("cursor", cursor)] {
+                if let Some(value) = given {
                     return Err(ApiError::invalid(
                         name,
                         "no value: aggregates (`step`) are not paged; their size is bounded by api_max_buckets",
-                        limit.or(cursor).unwrap_or(""),
+                        value,
                     ));
                 }
             }
