@@ -2,8 +2,9 @@
 //! and a temp data dir, a few devices streaming over the real device WebSocket, and the
 //! Playwright script `tests/browser/dashboard.spec.mjs` driving Debian's Chromium. The script
 //! asks this test to restart the server mid-run (`RESTART_ME` on its stdout, `RESTARTED` on
-//! its stdin) and for what the devices have had acknowledged (`EXPECT?` -> one JSON line), so
-//! the page's chart can be compared with what was really sent. Screenshots go to
+//! its stdin), for what the devices have had acknowledged (`EXPECT?` -> one JSON line), so the
+//! page's chart can be compared with what was really sent, and for a short-lived operator token
+//! (`SHORT_TOKEN?`). Screenshots go to
 //! `target/browser-artifacts/`.
 //!
 //! Needs `/usr/bin/chromium` (`apt-get install -y chromium`) and `npm ci` in
@@ -250,6 +251,14 @@ fn talk_to_script(
                 let reply = serde_json::json!({"device": "1", "channel": 1, "stored": stored, "sent": sent});
                 let _ = writeln!(to_node, "{reply}");
             }
+            "SHORT_TOKEN?" => {
+                // Expires while the script watches the page (close 4003 on its socket).
+                let authority = ingest::auth::Authority::load_or_create(data_dir).expect("secret");
+                let token = authority
+                    .mint_operator("expiring", vec!["*".into()], Some(Duration::from_secs(8)))
+                    .expect("mint");
+                let _ = writeln!(to_node, "{token}");
+            }
             _ => out.push(line),
         }
         let _ = to_node.flush();
@@ -289,10 +298,6 @@ async fn dashboard_in_chromium_shows_fleet_live_charts_history_and_survives_rest
         }
     }
 
-    // Expires while the script watches it (close 4003 on the page's socket).
-    let short_token = authority
-        .mint_operator("expiring", vec!["*".into()], Some(Duration::from_secs(6)))
-        .expect("mint");
     let narrow_token = authority
         .mint_operator("narrow", vec!["2".into(), "3".into()], None)
         .expect("mint");
@@ -312,7 +317,6 @@ async fn dashboard_in_chromium_shows_fleet_live_charts_history_and_survives_rest
         .env("CHANNELS", CHANNELS.to_string())
         .env("ARTIFACTS", &artifacts)
         .env("CHROMIUM", CHROMIUM)
-        .env("SHORT_TOKEN", &short_token)
         .env("NARROW_TOKEN", &narrow_token)
         .env("NARROW_DEVICES", "2,3")
         .stdin(Stdio::piped())

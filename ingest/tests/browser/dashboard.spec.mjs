@@ -1,7 +1,8 @@
 // The web dashboard in real Chromium (Debian's, through playwright-core). Run by
 // ingest/tests/browser.rs, which starts the server and the devices and answers two requests on
-// stdin: `RESTART_ME` (kill -9 and restart the server) and `EXPECT?` (the channel-1 timestamps
-// device 1 sent and had stored). Exits non-zero on the first failed check.
+// stdin: `RESTART_ME` (kill -9 and restart the server), `EXPECT?` (the channel-1 timestamps
+// device 1 sent and had stored) and `SHORT_TOKEN?` (an operator token that expires in 8 s).
+// Exits non-zero on the first failed check.
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
@@ -86,7 +87,8 @@ try {
   // A token that expires while the page is open: the page says so (close 4003) and takes a new one.
   const other = await browser.newContext({ viewport: { width: 1280, height: 600 } }); // its own SharedWorker
   const expiring = await other.newPage();
-  await expiring.goto(`${origin}/?token=${env('SHORT_TOKEN')}`);
+  // Minted on request, just before use: it lives 8 s, the page connects within a second or two.
+  await expiring.goto(`${origin}/?token=${await ask('SHORT_TOKEN?')}`);
   await until(expiring, () => document.querySelector('#conn').dataset.state === 'live', null, 'short-lived token: live');
   await until(expiring, () => document.querySelector('#banner:not([hidden])')?.textContent.includes('token expired'), null, 'token expiry: the page says so', 60_000);
   await shot(expiring, 'token-expired');
