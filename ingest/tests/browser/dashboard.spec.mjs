@@ -1,5 +1,5 @@
 // The web dashboard in real Chromium (Debian's, through playwright-core). Run by
-// ingest/tests/browser.rs, which starts the server and the devices and answers two requests on
+// ingest/tests/browser.rs, which starts the server and the devices and answers three requests on
 // stdin: `RESTART_ME` (kill -9 and restart the server), `EXPECT?` (the channel-1 timestamps
 // device 1 sent and had stored) and `SHORT_TOKEN?` (an operator token that expires in 8 s).
 // Exits non-zero on the first failed check.
