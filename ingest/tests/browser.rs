@@ -52,6 +52,12 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--sqlite-synchronous", "normal"])
+            .args([
+                "--device-name",
+                "2:pump-2",
+                "--device-tag",
+                "4:site-b/line-1",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
