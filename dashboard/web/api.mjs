@@ -41,13 +41,14 @@ export class Api {
     }, { signal });
   }
 
-  /** Every raw reading of the range, following `next_cursor` (at most `maxPages` pages). */
-  async points(device, channels, fromMs, toMs, { signal, limit = 5000, maxPages = 20 } = {}) {
+  /** Every raw reading of the range, following `next_cursor` (at most `maxPages` pages of the
+   *  server's default size, which stays within its `api_max_rows`). */
+  async points(device, channels, fromMs, toMs, { signal, maxPages = 20 } = {}) {
     const out = new Map(); // channel -> points
     let cursor = null;
     for (let page = 0; page < maxPages; page++) {
       const body = await this.get('/v1/series', {
-        device, channel: channels, from: Math.floor(fromMs), to: Math.ceil(toMs), limit, cursor,
+        device, channel: channels, from: Math.floor(fromMs), to: Math.ceil(toMs), cursor,
       }, { signal });
       for (const s of body.series ?? []) {
         if (!out.has(s.channel)) out.set(s.channel, []);

@@ -123,8 +123,9 @@ export class DeviceView {
       }
     } else if ((e.type === 'online' || e.type === 'offline') && e.device === this.id) {
       this.setOnline(e.type === 'online');
-    } else if (e.type === 'gap') {
-      // Readings the live stream will not deliver: fetch them from storage.
+    } else if (e.type === 'gap' || e.type === 'coalesced') {
+      // Readings the live stream will not deliver (a gap, or older values the server coalesced
+      // away while this client was behind): fetch them from storage.
       const lasts = [...this.charts.values()].map((c) => c.series.last()).filter((t) => t != null);
       const fromUs = e.from_ts_us ?? (lasts.length ? Math.min(...lasts) : Date.now() * 1000 - LIVE_WINDOW_US);
       const toUs = e.to_ts_us ?? Date.now() * 1000;
