@@ -182,6 +182,18 @@ try {
   await page.selectOption('#range', 'live');
   await until(page, () => { const c = window.__telemux.view.charts.get(1); return c.mode === 'live' && c.drawnPoints > 0; }, null, 'back to live');
 
+  // Views come and go without leaving listeners, charts or subscriptions behind.
+  const listenersBefore = await page.evaluate(() => window.__telemux.live.listeners.size);
+  for (let i = 0; i < 10; i++) {
+    await page.evaluate(() => { location.hash = '#/'; });
+    await until(page, () => document.querySelector('#rows'), null, `fleet view ${i + 1}`, 10_000);
+    await page.evaluate((id) => { location.hash = `#/device/${id}`; }, DEVICES[0]);
+    await until(page, (n) => document.querySelectorAll('.chart canvas').length === n, CHANNELS, `device view ${i + 1}`, 10_000);
+  }
+  const listenersAfter = await page.evaluate(() => window.__telemux.live.listeners.size);
+  check(listenersAfter === listenersBefore, `no listener left behind by 20 view changes (${listenersBefore} -> ${listenersAfter})`);
+  await until(page, () => window.__telemux.view.charts.get(1).drawnPoints > 0, null, 'device view live again');
+
   // A second tab shares the first one's connection (SharedWorker): one socket on the server.
   const [fleetTab] = await Promise.all([context.waitForEvent('page'), page.evaluate(() => window.open('/#/'))]);
   await until(fleetTab, (n) => document.querySelectorAll('#rows tr').length === n, DEVICES.length, 'second tab shows the fleet');
