@@ -493,47 +493,50 @@ async fn csv_pages_follow_the_next_cursor_header() {
     let (server, sent, base) = seeded().await;
     let token = operator(&server, &["*"]);
     let to_ms = base / 1000 + 3_600_000;
-    let q = format!(
-        "device=7&channel=1,2&from={}&to={to_ms}&format=csv&limit=100",
-        base / 1000
-    );
-    let mut rows = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => series_path(&format!("{q}&cursor={c}")),
-            None => series_path(&q),
-        };
-        let r = get(server.addr, &path, Some(&token)).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
-        let mut lines = r.body.lines();
-        assert_eq!(lines.next(), Some("device,channel,ts_ms,value,quality"));
-        let page: Vec<(u64, u16, i64, f64)> = lines
-            .map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                assert_eq!(f.len(), 5, "{l}");
-                assert_eq!(f[4], "0", "quality");
-                (
-                    f[0].parse().expect("device"),
-                    f[1].parse().expect("channel"),
-                    f[2].parse().expect("ts_ms"),
-                    f[3].parse().expect("value"),
-                )
-            })
-            .collect();
-        assert!(page.len() <= 100);
-        rows.extend(page);
-        match r.header("x-next-cursor") {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
+    // 480 rows per series: pages that end inside a series, and pages that end exactly at one.
+    for limit in [100, 480] {
+        let q = format!(
+            "device=7&channel=1,2&from={}&to={to_ms}&format=csv&limit={limit}",
+            base / 1000
+        );
+        let mut rows = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => series_path(&format!("{q}&cursor={c}")),
+                None => series_path(&q),
+            };
+            let r = get(server.addr, &path, Some(&token)).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.header("content-type"), Some("text/csv; charset=utf-8"));
+            let mut lines = r.body.lines();
+            assert_eq!(lines.next(), Some("device,channel,ts_ms,value,quality"));
+            let page: Vec<(u64, u16, i64, f64)> = lines
+                .map(|l| {
+                    let f: Vec<&str> = l.split(',').collect();
+                    assert_eq!(f.len(), 5, "{l}");
+                    assert_eq!(f[4], "0", "quality");
+                    (
+                        f[0].parse().expect("device"),
+                        f[1].parse().expect("channel"),
+                        f[2].parse().expect("ts_ms"),
+                        f[3].parse().expect("value"),
+                    )
+                })
+                .collect();
+            assert!(page.len() <= limit);
+            rows.extend(page);
+            match r.header("x-next-cursor") {
+                Some(c) => cursor = Some(c.to_string()),
+                None => break,
+            }
         }
+        let want: Vec<(u64, u16, i64, f64)> = in_api_order(&sent, &[(7, 1), (7, 2)])
+            .into_iter()
+            .map(|(d, c, ts, v)| (d, c, ts.div_euclid(1000), v))
+            .collect();
+        assert_eq!(rows, want, "limit {limit}");
     }
-    let want: Vec<(u64, u16, i64, f64)> = in_api_order(&sent, &[(7, 1), (7, 2)])
-        .into_iter()
-        .map(|(d, c, ts, v)| (d, c, ts.div_euclid(1000), v))
-        .collect();
-    assert_eq!(rows, want);
 }
 
 #[tokio::test]

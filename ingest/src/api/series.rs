@@ -23,6 +23,8 @@ use crate::telemetry as m;
 
 /// Rows read from the store per query while paging a raw result.
 const PAGE_ROWS: u32 = 2000;
+/// Keys read per query while finding where a CSV page ends (no values: cheap to read).
+const PLAN_ROWS: u32 = 20_000;
 /// `limit` when none is given (capped by `api_max_rows`).
 const DEFAULT_LIMIT: u32 = 1000;
 /// Bytes gathered before a chunk is handed to the connection.
@@ -233,13 +235,8 @@ pub async fn get(req: Request) -> Result<warp::reply::Response, ApiError> {
     let mut next_cursor_header = None;
     if q.agg.is_none() && q.format == Format::Csv {
         // CSV has no place for the cursor after the rows, and headers go first: find where
-        // this page ends before streaming it (reads the page twice; memory stays bounded).
-        let mut plan = Pager::new(store.clone(), &q);
-        next_cursor_header = loop {
-            if let Page::End(c) = plan.next().await? {
-                break c.map(|c| c.encode());
-            }
-        };
+        // this page ends before streaming it (keys only, from the index; memory stays bounded).
+        next_cursor_header = page_end(&store, &q).await?.map(|c| c.encode());
     }
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, StoreError>>(QUEUE_CHUNKS);
     let format = q.format;
@@ -374,6 +371,53 @@ impl Pager {
         }
         Ok(Page::End(None))
     }
+}
+
+/// Where the raw page of `q` ends: the cursor of the next page, if rows remain. Walks the same
+/// rows as [`Pager`], keys only.
+async fn page_end(store: &Arc<dyn Store>, q: &SeriesQuery) -> Result<Option<Cursor>, StoreError> {
+    let mut remaining = q.limit;
+    let mut index = q.cursor.map_or(0, |c| c.series as usize);
+    let mut after = q.cursor.and_then(|c| c.after);
+    while let Some(&(device_id, channel)) = q.pairs.get(index) {
+        let want = if remaining == 0 {
+            1
+        } else {
+            remaining.min(PLAN_ROWS)
+        };
+        let keys = store
+            .range_keys(RangeQuery {
+                device_id,
+                channel,
+                from_us: q.from_us,
+                to_us: q.to_us,
+                after,
+                limit: want,
+            })
+            .await?;
+        if remaining == 0 {
+            if !keys.is_empty() {
+                return Ok(Some(Cursor {
+                    query: query_hash(&q.pairs, q.from_us),
+                    to_us: q.to_us,
+                    series: index as u32,
+                    after,
+                }));
+            }
+            index += 1;
+            after = None;
+            continue;
+        }
+        remaining -= keys.len() as u32;
+        match keys.last() {
+            Some(&last) if keys.len() as u32 == want => after = Some(last),
+            _ => {
+                index += 1;
+                after = None;
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Reads the result from the store and sends it in chunks until done or the client is gone.
