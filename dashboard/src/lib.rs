@@ -16,6 +16,7 @@
 //! - [`driver`]: the connection loop shared by all transports (heartbeats, deadlines, expiry).
 //! - [`ws`]: the WebSocket transport, generic over a `Sink`/`Stream` of messages.
 //! - [`sse`]: the Server-Sent Events transport.
+//! - [`web`]: the web dashboard's files (`dashboard/web/`), embedded at compile time.
 //! - [`close`]: close codes. [`config`]: settings. [`metrics`]: metric names.
 //!
 //! # Positions
@@ -67,6 +68,7 @@ pub mod protocol;
 pub mod route;
 pub mod session;
 pub mod sse;
+pub mod web;
 pub mod ws;
 
 pub use close::Close;

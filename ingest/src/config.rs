@@ -9,8 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, FromArgMatches, Parser, ValueEnum};
 use serde::{Deserialize, Serialize};
+
+pub use crate::cli::{Cli, Command, TokenCommand};
 
 /// A duration written like `15s`, `250ms`, `2m`, `30d` (humantime syntax) in flags, env and TOML.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +235,34 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub device_tags: Vec<String>,
+
+    /// Display names of devices in the history API, as `ID:NAME` (repeatable; comma-separated in
+    /// the environment), e.g. `--device-name 7:pump-7`. Named devices are listed even before
+    /// they first connect.
+    #[arg(
+        long = "device-name",
+        env = "TELEMUX_DEVICE_NAMES",
+        value_delimiter = ','
+    )]
+    pub device_names: Vec<String>,
+
+    /// History API: largest `limit` (raw readings per `/v1/series` response; larger: HTTP 400).
+    /// Bigger results are paged with `cursor`.
+    #[arg(long, env = "TELEMUX_API_MAX_ROWS", default_value_t = 100_000)]
+    pub api_max_rows: u32,
+
+    /// History API: most buckets per series of an aggregate query, `(to - from) / step`
+    /// (more: HTTP 400).
+    #[arg(long, env = "TELEMUX_API_MAX_BUCKETS", default_value_t = 10_000)]
+    pub api_max_buckets: u32,
+
+    /// History API: longest `to - from` of one query (longer: HTTP 400).
+    #[arg(long, env = "TELEMUX_API_MAX_RANGE", default_value = "366days")]
+    pub api_max_range: HumanDuration,
+
+    /// History API: most (device, channel) series in one `/v1/series` call (more: HTTP 400).
+    #[arg(long, env = "TELEMUX_API_MAX_SERIES", default_value_t = 100)]
+    pub api_max_series: u32,
 }
 
 /// Why the configuration could not be loaded.
@@ -345,6 +375,26 @@ impl Config {
                 reason: e.reason,
             })?;
         self.parsed_device_tags()?;
+        self.parsed_device_names()?;
+        let api = [
+            ("api_max_rows", self.api_max_rows),
+            ("api_max_buckets", self.api_max_buckets),
+            ("api_max_series", self.api_max_series),
+        ];
+        for (key, v) in api {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.api_max_range.0.as_millis() < 1 {
+            return Err(ConfigError::Invalid {
+                key: "api_max_range",
+                reason: "must be at least 1ms".into(),
+            });
+        }
         if self.live_max_clients == 0 {
             return Err(ConfigError::Invalid {
                 key: "live_max_clients",
@@ -397,84 +447,29 @@ impl Config {
             .collect()
     }
 
+    /// `device_names` as (device id, name) pairs; a later entry for the same id wins.
+    pub fn parsed_device_names(&self) -> Result<Vec<(u64, String)>, ConfigError> {
+        self.device_names
+            .iter()
+            .map(|t| {
+                t.split_once(':')
+                    .and_then(|(id, name)| Some((id.trim().parse().ok()?, name.trim())))
+                    .filter(|(_, name)| !name.is_empty())
+                    .map(|(id, name)| (id, name.to_string()))
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "device_names",
+                        reason: format!("expected `ID:NAME` with a non-empty name, found `{t}`"),
+                    })
+            })
+            .collect()
+    }
+
     /// A config with every default, for tests and embedding (`data_dir` as given).
     pub fn with_defaults(data_dir: impl Into<PathBuf>) -> Config {
         let data_dir = data_dir.into();
         let cli = Cli::parse_from(["ingest", "--data-dir", &data_dir.to_string_lossy()]);
         cli.serve
     }
-}
-
-/// Command line of the `ingest` binary.
-#[derive(Debug, Parser)]
-#[command(
-    name = "ingest",
-    version,
-    about = "telemux ingest server: devices stream binary frames over WebSocket; readings are stored exactly once and acknowledged after commit."
-)]
-pub struct Cli {
-    /// Server settings (used when no subcommand is given).
-    #[command(flatten)]
-    pub serve: Config,
-    /// What to do instead of serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// Subcommands of `ingest`.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (the default when no subcommand is given).
-    Serve,
-    /// Mint or revoke tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-}
-
-/// `ingest token ...`
-#[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Print a device token (alone on stdout).
-    Device {
-        /// Device id (the `device_id` its frames carry).
-        device_id: u64,
-        /// Directory holding the token secret.
-        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
-        /// Token lifetime (`30d`, `12h`, ...); no expiry when omitted.
-        #[arg(long)]
-        ttl: Option<HumanDuration>,
-    },
-    /// Print an operator token for the live endpoints `/v1/live` and `/v1/live/sse` (alone on
-    /// stdout).
-    Operator {
-        /// Devices the token may watch: `*`, a device id, or `tag:<tag>` / `tag:<prefix>*`
-        /// (repeatable; `*` when omitted).
-        #[arg(long = "devices", value_name = "PATTERN")]
-        devices: Vec<String>,
-        /// Token lifetime (`12h`, `30d`, ...); at expiry live sockets close with 4003.
-        #[arg(long, default_value = "12h")]
-        ttl: HumanDuration,
-        /// Operator name (the token subject is `operator:<name>`).
-        #[arg(long, default_value = "operator")]
-        name: String,
-        /// Directory holding the token secret.
-        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
-    },
-    /// Revoke every token issued so far to a device, or one token. Connected holders are
-    /// disconnected within `--revocation-poll`.
-    Revoke {
-        /// Device id whose tokens (all issued until now) to revoke.
-        #[arg(long, conflicts_with = "token", required_unless_present = "token")]
-        device: Option<u64>,
-        /// One token to revoke (the token string itself).
-        #[arg(long)]
-        token: Option<String>,
-        /// Directory of the store.
-        #[arg(long, env = "TELEMUX_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
-    },
 }
 
 #[cfg(test)]
@@ -536,6 +531,37 @@ mod tests {
             e.to_string().contains("ping_interval") || e.to_string().contains("soon"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn device_names_and_api_limits_are_checked() {
+        let c = load(&[
+            "ingest",
+            "--device-name",
+            "7:pump-7",
+            "--device-name",
+            "9: spare ",
+        ])
+        .expect("names");
+        let names = c.parsed_device_names().expect("parsed");
+        assert_eq!(names, vec![(7, "pump-7".into()), (9, "spare".into())]);
+        assert_eq!(
+            (c.api_max_rows, c.api_max_buckets, c.api_max_series),
+            (100_000, 10_000, 100)
+        );
+        for bad in [
+            ["--device-name", "pump"],
+            ["--device-name", "7:"],
+            ["--api-max-rows", "0"],
+        ] {
+            let e = load(&["ingest", bad[0], bad[1]]).expect_err(bad[1]);
+            let key = if bad[0] == "--device-name" {
+                "device_names"
+            } else {
+                "api_max_rows"
+            };
+            assert!(e.to_string().contains(key), "{e}");
+        }
     }
 
     #[test]

@@ -3,11 +3,15 @@
 //!
 //! # Layout
 //! - [`config`]: the one typed configuration (flags, `TELEMUX_*` env, TOML file).
+//! - [`cli`]: the binary's command line (settings and token subcommands).
 //! - [`auth`]: signed device/operator tokens, the secret file, revocation.
 //! - [`routes`]: HTTP routes (warp): device WebSocket upgrade, `/healthz`, `/readyz`, `/metrics`.
+//! - [`ui`]: the web dashboard: `/` and `/ui/<file>` from the files embedded in `dashboard::web`.
 //! - [`edge`]: one task per device connection: check, admit, ack, heartbeat, limits.
 //! - [`live`]: dashboard endpoints `/v1/live` (WebSocket) and `/v1/live/sse`: origin and operator
 //!   token checks, then the `dashboard` crate's hub sessions.
+//! - [`operator`]: operator authentication (origin, token, grants) shared by live and the API.
+//! - [`api`]: the operator history API `/v1/devices`, `/v1/series`, `/v1/openapi.json`.
 //! - [`devices`]: per-device state shared by the connection and the writer (dedup, acks).
 //! - [`dedup`]: the per-device duplicate window.
 //! - [`writer`]: the bounded queue and the batching writer (acks after commit).
@@ -18,17 +22,21 @@
 //!
 //! [`run`] is the whole server; the binary only parses arguments and binds the listener.
 
+pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod dedup;
 pub mod devices;
 pub mod edge;
 pub mod limits;
 pub mod live;
+pub mod operator;
 pub mod routes;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod writer;
 
 use std::future::Future;

@@ -20,9 +20,9 @@ use dashboard::protocol::{self, ProtocolError, SubscribeArgs};
 use dashboard::ws::{BINARY_SUBPROTOCOL, JSON_SUBPROTOCOL};
 use dashboard::{DriveOptions, Format, Grants, Session};
 
-use crate::auth::{AuthError, Claims};
+use crate::auth::Claims;
 use crate::limits::ConnectionSlot;
-use crate::routes::{bearer, is_websocket_request, json_error, retry_later};
+use crate::routes::{is_websocket_request, json_error, retry_later};
 use crate::server::{App, PeerAddr};
 use crate::telemetry as m;
 
@@ -39,41 +39,6 @@ struct Admitted {
     slot: ConnectionSlot,
 }
 
-/// The `host[:port]` of an origin like `https://host:port`.
-fn origin_authority(origin: &str) -> &str {
-    let rest = origin.split_once("://").map_or(origin, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest)
-}
-
-/// Whether the request's `Origin` may open a live connection: no `Origin` (not a browser), the
-/// server's own host, or an origin in `live_allowed_origins` (or `*` there).
-fn origin_allowed(app: &App, headers: &http::HeaderMap) -> Result<(), String> {
-    let Some(origin) = headers.get(http::header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin
-        .to_str()
-        .map_err(|_| "non-ASCII Origin".to_string())?
-        .trim();
-    let allowed = &app.config.live_allowed_origins;
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-    {
-        return Ok(());
-    }
-    let host = headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    if !host.is_empty() && origin_authority(origin).eq_ignore_ascii_case(host) {
-        return Ok(());
-    }
-    Err(format!(
-        "origin `{origin}` is not allowed: only the server's own host and --live-allowed-origin entries may connect"
-    ))
-}
-
 /// Origin, token, grants and the connection cap, in that order.
 fn admit(
     app: &App,
@@ -87,47 +52,8 @@ fn admit(
             "server is shutting down",
         )));
     }
-    if let Err(why) = origin_allowed(app, headers) {
-        metrics::counter!(m::AUTH_FAILURES, "code" => "origin_not_allowed").increment(1);
-        return Err(Box::new(json_error(
-            StatusCode::FORBIDDEN,
-            "origin_not_allowed",
-            why,
-        )));
-    }
-    let verified = bearer(headers, query)
-        .and_then(|t| app.authority.verify(&t))
-        .and_then(|claims| {
-            if claims.sub.starts_with("operator:") {
-                Ok(claims)
-            } else {
-                Err(AuthError::WrongKind {
-                    expected: "operator",
-                    found: claims
-                        .sub
-                        .split(':')
-                        .next()
-                        .unwrap_or("unknown")
-                        .to_string(),
-                })
-            }
-        })
-        .and_then(|claims| {
-            Grants::parse(&claims.devices)
-                .map(|g| (claims, g))
-                .map_err(|e| AuthError::Invalid(e.to_string()))
-        });
-    let (claims, grants) = match verified {
-        Ok(ok) => ok,
-        Err(e) => {
-            metrics::counter!(m::AUTH_FAILURES, "code" => e.code()).increment(1);
-            return Err(Box::new(json_error(
-                StatusCode::UNAUTHORIZED,
-                e.code(),
-                e.to_string(),
-            )));
-        }
-    };
+    let crate::operator::Operator { claims, grants } =
+        crate::operator::authenticate(app, headers, query)?;
     let Some(slot) = app.live_connections.try_acquire() else {
         metrics::counter!(m::RATE_LIMITED, "limit" => "live_max_clients").increment(1);
         return Err(Box::new(retry_later(

@@ -1,5 +1,6 @@
 //! HTTP routes (warp filters): the device WebSocket upgrade, the live dashboard endpoints
-//! (`/v1/live`, `/v1/live/sse`, see `live`), health, readiness and metrics.
+//! (`/v1/live`, `/v1/live/sse`, see `live`), the history API (`/v1/devices`, `/v1/series`, see
+//! `api`), the web dashboard (`/`, `/ui/...`, see `ui`), health, readiness and metrics.
 //! Every refusal is an HTTP status with a JSON body `{"error": code, "message": text}`.
 
 use std::convert::Infallible;
@@ -94,11 +95,13 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .map(crate::live::upgrade);
     let live_sse = warp::path!("v1" / "live" / "sse")
         .and(warp::get())
-        .and(with_app)
+        .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .map(crate::live::sse);
-    healthz
+    crate::ui::routes()
+        .or(healthz)
+        .unify()
         .or(readyz)
         .unify()
         .or(metrics)
@@ -109,6 +112,8 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .unify()
         .or(live_sse)
         .unify()
+        .or(crate::api::routes(app))
+        .unify()
         .recover(|r: warp::Rejection| async move { Ok::<_, Infallible>(rejection(r)) })
         .unify()
         .boxed()
@@ -118,11 +123,15 @@ fn rejection(r: warp::Rejection) -> warp::reply::Response {
     if r.is_not_found() {
         json_error(StatusCode::NOT_FOUND, "not_found", "no such route")
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        json_error(
+        // Every route of this server is GET (RFC 9110: a 405 lists the allowed methods).
+        let mut resp = json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "method not allowed on this route",
-        )
+            "method not allowed on this route; use GET",
+        );
+        resp.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("GET"));
+        resp
     } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
         json_error(StatusCode::BAD_REQUEST, "invalid_query", e.to_string())
     } else {

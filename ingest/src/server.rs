@@ -63,6 +63,8 @@ pub struct App {
     next_conn_id: AtomicU64,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Display names of devices from `--device-name`, for the history API.
+    pub device_names: std::collections::HashMap<u64, String>,
 }
 
 impl App {
@@ -147,6 +149,11 @@ pub fn build(
     for (id, t) in tags {
         hub.set_tags(id, t);
     }
+    let device_names = config
+        .parsed_device_names()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let metrics_handle = m::handle();
     for name in dashboard::metrics::ZERO_COUNTERS {
         metrics::counter!(*name).increment(0);
@@ -163,6 +170,7 @@ pub fn build(
         shutdown: CancellationToken::new(),
         next_conn_id: AtomicU64::new(0),
         metrics: metrics_handle,
+        device_names,
         config,
         authority,
         store,

@@ -44,6 +44,12 @@ pub const QUEUE_BYTES: &str = "telemux_writer_queue_bytes";
 /// Readings deleted by the retention job (counter).
 pub const RETENTION_DELETED: &str = "telemux_retention_deleted_total";
 
+/// History API requests answered, by `route` and `status` (counter).
+pub const API_REQUESTS: &str = "telemux_api_requests_total";
+/// History API requests refused or failed, by `route` and `code` (counter; a stream that
+/// fails after its first byte counts here with code `stream_aborted`).
+pub const API_ERRORS: &str = "telemux_api_errors_total";
+
 /// Histogram buckets for batch sizes (readings).
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0, 16384.0, 65536.0,

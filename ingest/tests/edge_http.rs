@@ -28,7 +28,8 @@ async fn readyz_answers_200_json_when_the_store_is_writable() {
 #[tokio::test]
 async fn unknown_route_answers_404_json() {
     let server = TestServer::start(|_| {}).await;
-    for path in ["/nope", "/v1/devices", "/healthz/extra"] {
+    // (`/v1/devices` used to be here; it is the history API now.)
+    for path in ["/nope", "/v1/nope", "/v1/devices/7/nope", "/healthz/extra"] {
         let (status, body) = http_get(server.addr, path, &[]).await;
         assert_eq!(status, 404, "{path}: {body}");
         let body = json(&body);

@@ -262,6 +262,23 @@ pub async fn range_orders_limits_and_pages(store: &dyn Store) {
         same_rows(&paged, &rows),
         "pages with `after` must add up to the whole range\n got {paged:?}"
     );
+    for (after, limit) in [
+        (None, 1000),
+        (None, 5),
+        (Some((1_050, 1_560)), 9),
+        (None, 0),
+    ] {
+        let q = query(1_000, 1_300, after, limit);
+        let keys = store.range_keys(q).await.expect("range_keys");
+        let want: Vec<(i64, u64)> = store
+            .range(q)
+            .await
+            .expect("range")
+            .iter()
+            .map(|r| (r.ts_us, r.seq))
+            .collect();
+        assert_eq!(keys, want, "range_keys = keys of range for {q:?}");
+    }
 }
 
 /// `latest` holds the newest reading per channel; older readings written later do not replace it.

@@ -199,6 +199,17 @@ pub trait Store: Send + Sync + 'static {
     async fn latest(&self, device_id: u64) -> Result<Vec<Latest>, StoreError>;
     /// Raw readings, oldest first, by `(ts_us, seq)`.
     async fn range(&self, query: RangeQuery) -> Result<Vec<Row>, StoreError>;
+    /// The `(ts_us, seq)` keys of what [`range`](Store::range) returns for the same query.
+    /// Finding where a page ends needs no values, and a store whose series index covers the keys
+    /// answers this from the index alone; the default reads the full rows.
+    async fn range_keys(&self, query: RangeQuery) -> Result<Vec<(i64, u64)>, StoreError> {
+        Ok(self
+            .range(query)
+            .await?
+            .into_iter()
+            .map(|r| (r.ts_us, r.seq))
+            .collect())
+    }
     /// Time-bucketed aggregates computed by the database, by bucket start.
     async fn aggregate(&self, query: AggQuery) -> Result<Vec<Bucket>, StoreError>;
     /// Deletes readings older than `cutoff_us`; returns how many.

@@ -158,6 +158,14 @@ const RANGE_AFTER: &str = "SELECT ts_us, seq, quality, value FROM readings \
      WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
      AND (ts_us, seq) > (?6, ?7) ORDER BY ts_us, seq LIMIT ?5";
 
+/// `RANGE` / `RANGE_AFTER` without the values: answered from the `readings_series` index alone.
+const RANGE_KEYS: &str = "SELECT ts_us, seq FROM readings \
+     WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
+     ORDER BY ts_us, seq LIMIT ?5";
+const RANGE_KEYS_AFTER: &str = "SELECT ts_us, seq FROM readings \
+     WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
+     AND (ts_us, seq) > (?6, ?7) ORDER BY ts_us, seq LIMIT ?5";
+
 /// Readings of the query's series in its range with their bucket start `b`, the floor of
 /// `ts_us / step` times step (SQL `%` truncates toward zero, so negative times step back once).
 macro_rules! bucketed {
@@ -817,6 +825,29 @@ impl Store for SqliteStore {
                 }),
             };
             rows.map_err(db)
+        })
+        .await
+    }
+
+    async fn range_keys(&self, q: RangeQuery) -> Result<Vec<(i64, u64)>, StoreError> {
+        if q.limit == 0 || q.from_us >= q.to_us {
+            return Ok(Vec::new());
+        }
+        self.read(move |conn| {
+            let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64));
+            let (d, c, limit) = (q.device_id as i64, q.channel, i64::from(q.limit));
+            let keys = match q.after {
+                None => conn.prepare_cached(RANGE_KEYS).and_then(|mut s| {
+                    s.query_map((d, c, q.from_us, q.to_us, limit), map)?
+                        .collect()
+                }),
+                Some((ts_us, seq)) => conn.prepare_cached(RANGE_KEYS_AFTER).and_then(|mut s| {
+                    let from_us = q.from_us.max(ts_us);
+                    s.query_map((d, c, from_us, q.to_us, limit, ts_us, seq as i64), map)?
+                        .collect()
+                }),
+            };
+            keys.map_err(db)
         })
         .await
     }
