@@ -7,17 +7,24 @@ Scenarios (each bounded in time, everything stops by itself):
                inserts into the same schema (`ingest/examples/bare_insert.rs`), same sync mode.
   latency      ack latency p50/p99 at half the 1k-device maximum.
   rss          server RSS per idle device connection at 10k and 50k connections (from /proc).
+  soak         10k devices for 60 s at 80% of the 10k-device sustained rate (sync full), then
+               the loss accounting: the simulator's sent/acked/dropped/unacked frames against
+               the rows the server committed, counted in the database after it stopped
+               (stored == acked readings, no (device, seq, channel) stored twice).
 
-Usage: python3 bench/e2e.py [--quick] [--scenarios throughput,latency,rss] [--write BENCHMARKS.md]
+Usage: python3 bench/e2e.py [--quick] [--scenarios throughput,latency,rss,soak] [--write BENCHMARKS.md]
+The full mode (no --quick) runs all four scenarios; --quick leaves out the soak unless named.
 Builds release binaries first. Prints Markdown tables; --write replaces the section between
 the `<!-- e2e:begin -->` and `<!-- e2e:end -->` markers of the given file.
 """
-import argparse, json, os, resource, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, resource, shutil, signal, socket, sqlite3, subprocess, sys, tempfile, time, urllib.request
 
 from mdsection import write_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+# The server's default `--batch-max-rows`; the bare-insert loop commits batches of the same size.
+BATCH_ROWS = 262144
 
 
 def free_port():
@@ -72,14 +79,25 @@ class Server:
                 return float(line.split()[-1])
         return 0.0
 
-    def stop(self):
+    def stop(self, keep=False):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill(); self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stored(self):
+        """(rows, distinct (device, seq, channel)) in the stopped server's database."""
+        db = sqlite3.connect(os.path.join(self.dir, "telemux.sqlite3"))
+        try:
+            rows = db.execute("SELECT count(*) FROM readings").fetchone()[0]
+            distinct = db.execute("SELECT count(*) FROM (SELECT DISTINCT device_id, seq, channel FROM readings)").fetchone()[0]
+        finally:
+            db.close()
+        return rows, distinct
 
 
 def sim(server, devices, rate, readings, duration, extra=(), wait=True):
@@ -119,7 +137,7 @@ def throughput(q):
                 r = sim(s, devices, rate, readings, dur)
             finally:
                 s.stop()
-            bare = bare_insert(int(min(max(r["readings_acked"], 500_000), 4_000_000)), 65536, sync, devices, readings)
+            bare = bare_insert(int(min(max(r["readings_acked"], 1_000_000), 4_000_000)), BATCH_ROWS, sync, devices, readings)
             e2e = r["readings_acked_per_s"]
             rows.append((devices, sync, cap, devices * rate * readings, e2e, bare["rows_per_s"], e2e / bare["rows_per_s"],
                          r["ack_latency_ms"]["p50"], r["ack_latency_ms"]["p99"], r["lost"]))
@@ -178,28 +196,63 @@ def rss(q):
                       "|---:|---:|---|---:|"] + rows)
 
 
+def soak(q, sustained_10k):
+    """The issue's done-when run: 10,000 devices for 60 s against one server, every frame
+    accounted for."""
+    devices, readings = 10000, 64
+    offered = 0.8 * sustained_10k if sustained_10k else 100_000
+    rate = max(round(offered / (devices * readings), 3), 0.01)
+    s = Server("full")
+    try:
+        r = sim(s, devices, rate, readings, "60s", extra=["--drain-timeout", "60s"])
+        committed = s.metric("telemux_rows_stored_total")
+        s.stop(keep=True)
+        rows, distinct = s.stored()
+    finally:
+        s.stop()
+    explained = r["lost"] == 0 and rows == r["readings_acked"] and distinct == rows
+    print(f"  soak {devices} devices 60 s: sent {r['frames_sent']} frames, acked {r['frames_acked']}, lost {r['lost']}, "
+          f"stored {rows} rows (acked readings {r['readings_acked']}, distinct {distinct})", file=sys.stderr)
+    head = ["| devices | sync | offered readings/s | acked readings/s | frames sent | acked | resent | dropped | unacked | refused | reconnects | readings acked | rows stored | distinct (device, seq, channel) | ack p50 ms | ack p99 ms | lost | verdict |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    l = r["ack_latency_ms"]
+    verdict = "zero loss, exactly once" if explained else "**LOSS OR MISMATCH**"
+    head.append(f"| {devices:,} | full | {devices * rate * readings:,.0f} | {r['readings_acked_per_s']:,.0f} | {r['frames_sent']:,} | {r['frames_acked']:,} | "
+                f"{r['frames_resent']:,} | {r['frames_dropped']:,} | {r['frames_unacked']:,} | {r['frames_refused']:,} | {r['reconnects']:,} | "
+                f"{r['readings_acked']:,} | {rows:,} | {distinct:,} | {l['p50']:.1f} | {l['p99']:.1f} | {r['lost']} | {verdict} |")
+    return "\n".join(head) + f"\n\nServer counter `telemux_rows_stored_total` at the end: {committed:,.0f}."
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--scenarios", default="throughput,latency,rss")
+    ap.add_argument("--scenarios")
     ap.add_argument("--write")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "ingest", "-p", "firmware-sim", "--bin", "ingest", "--bin", "firmware-sim", "--example", "bare_insert"], cwd=ROOT, check=True)
-    raise_nofile()
+    limit = raise_nofile()
+    if a.scenarios is None:
+        a.scenarios = "throughput,latency,rss" if a.quick else "throughput,latency,rss,soak"
     out = [f"Command: `python3 bench/e2e.py{' --quick' if a.quick else ''} --scenarios {a.scenarios}`; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-           f"{os.cpu_count()} cores shared by the server and the simulator.", ""]
+           f"{os.cpu_count()} cores shared by the server and the simulator; open-file limit {limit} "
+           f"(hard limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}).", ""]
     max_rate = {}
+    sustained_10k = 0
     sc = a.scenarios.split(",")
     if "throughput" in sc:
         table, rows = throughput(a.quick)
         for d, sync, _cap, _off, e2e, *_ in rows:
             if d == 1000:
                 max_rate[sync] = e2e
+            if d == 10000 and sync == "full":
+                sustained_10k = e2e
         out += ["### Sustained ingest (acks after commit)", "", table, ""]
     if "latency" in sc:
         out += ["### Ack latency at half the maximum load (1k devices)", "", latency(a.quick, max_rate), ""]
     if "rss" in sc:
         out += ["### Server memory per idle device connection", "", rss(a.quick), ""]
+    if "soak" in sc:
+        out += ["### 10,000 devices for 60 s: loss accounting", "", soak(a.quick, sustained_10k), ""]
     text = "\n".join(out)
     print(text)
     if a.write:

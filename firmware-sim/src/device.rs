@@ -207,7 +207,20 @@ impl Device {
         }
         let mut chaos = tokio::time::interval(Duration::from_secs(1));
         chaos.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_ping = Instant::now();
+        // The timers live across iterations: one created per loop turn was a tenth of the
+        // simulator's CPU (timer wheel insert and removal for every frame sent).
+        let (drain_until, watchdog_after) = (self.fleet.drain_until, cfg.watchdog.0);
+        let watchdog_at = |last_ping: Instant| {
+            if watchdog_after.is_zero() {
+                drain_until
+            } else {
+                last_ping + watchdog_after
+            }
+        };
+        let watchdog = tokio::time::sleep_until(watchdog_at(Instant::now()));
+        let stop = tokio::time::sleep_until(self.fleet.stop_at);
+        let drain = tokio::time::sleep_until(self.fleet.drain_until);
+        tokio::pin!(watchdog, stop, drain);
         loop {
             let now = Instant::now();
             if now >= self.fleet.drain_until
@@ -217,11 +230,6 @@ impl Device {
                 return Ended::Finished;
             }
             let generating = now < self.fleet.stop_at;
-            let watchdog = if cfg.watchdog.0.is_zero() {
-                self.fleet.drain_until
-            } else {
-                last_ping + cfg.watchdog.0
-            };
             tokio::select! {
                 _ = tick.tick(), if generating => {
                     let wire = self.generate();
@@ -234,19 +242,21 @@ impl Device {
                         return ended;
                     }
                 }
-                _ = tokio::time::sleep_until(watchdog) => {
+                _ = &mut watchdog => {
                     Stats::inc(&self.fleet.stats.watchdog_reconnects);
                     return Ended::Reconnect;
                 }
-                _ = tokio::time::sleep_until(self.fleet.stop_at), if generating => {}
-                _ = tokio::time::sleep_until(self.fleet.drain_until) => {}
+                _ = &mut stop, if generating => {}
+                _ = &mut drain => {}
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Binary(b))) => {
                         if self.on_server_frame(&mut ws, &b).await.is_err() {
                             return Ended::Reconnect;
                         }
                     }
-                    Some(Ok(Message::Ping(_))) => last_ping = Instant::now(),
+                    Some(Ok(Message::Ping(_))) => {
+                        watchdog.as_mut().reset(watchdog_at(Instant::now()));
+                    }
                     Some(Ok(Message::Close(frame))) => {
                         if let Some(f) = frame {
                             self.fleet.stats.close(u16::from(f.code));
@@ -308,8 +318,10 @@ impl Device {
                 let times = self.reading_times(usize::from(n_readings));
                 let base = times[0];
                 let mut w = codecs::TelemetryWriter::begin(&mut bytes, meta, base);
+                // One daily-sine angle per frame: its readings are at most a period apart.
+                let day = self.signal.day(base);
                 for (i, ts) in (1..=n_readings).zip(&times) {
-                    let v = self.signal.value(&mut self.rng, i, *ts);
+                    let v = self.signal.value_at(&mut self.rng, i, day);
                     let off = u32::try_from(ts - base).unwrap_or(u32::MAX);
                     if w.push(i, 0, off, v).is_err() {
                         break;

@@ -1,7 +1,8 @@
 //! The store's own limit, for comparison with end-to-end ingest: a bare loop of prepared
 //! inserts into the same schema (created through `SqliteStore`, connection configured by the
-//! store's own `configure_writer`), one transaction per batch; no server, no dedup, no acks, no
-//! sorting, no `latest` upserts.
+//! store's own `configure_writer`), one transaction per batch of the server's default
+//! `--batch-max-rows`; no server, no dedup, no acks, no sorting (the store no longer writes
+//! `latest` per reading either: both write exactly the `readings` rows and their index).
 //!
 //! `cargo run --release -p ingest --example bare_insert -- ROWS BATCH SYNC DEVICES CHANNELS`
 //! (SYNC: full|normal). Rows come frame by frame as devices send them: device `f % DEVICES`,
@@ -23,7 +24,7 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> anyhow::R
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rows: u64 = arg(&args, 0, 2_000_000)?;
-    let batch: u64 = arg(&args, 1, 65_536)?;
+    let batch: u64 = arg(&args, 1, 262_144)?;
     let sync = args.get(2).cloned().unwrap_or_else(|| "full".into());
     let devices: u64 = arg(&args, 3, 1000)?;
     let channels: u64 = arg(&args, 4, 64)?;

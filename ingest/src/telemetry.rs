@@ -52,7 +52,7 @@ pub const API_ERRORS: &str = "telemux_api_errors_total";
 
 /// Histogram buckets for batch sizes (readings).
 const BATCH_BUCKETS: &[f64] = &[
-    1.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0, 16384.0, 65536.0,
+    1.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 8192.0, 16384.0, 65536.0, 262144.0,
 ];
 /// Histogram buckets for commit latency (seconds).
 const COMMIT_BUCKETS: &[f64] = &[

@@ -232,3 +232,43 @@ async fn unknown_devices_bad_ids_and_missing_tokens_get_json_errors() {
         (403, "origin_not_allowed".into())
     );
 }
+
+/// After a crash the store can still say a device is online (its disconnect was never written);
+/// a restarted server has no connection from it, so the API says offline, keeping last-seen.
+#[tokio::test]
+async fn a_device_the_restarted_server_has_not_heard_from_is_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = TestServer::start_in(dir.path().to_path_buf(), |_| {}).await;
+    let mut dev = first.device(5).await;
+    let mut frame = Vec::new();
+    codecs::encode_telemetry(
+        &mut frame,
+        codecs::FrameMeta {
+            device_id: 5,
+            seq: 1,
+            flags: 0,
+        },
+        base_us(),
+        &[codecs::Record::new(1, 0, 0, 2.5)],
+    )
+    .expect("encode");
+    dev.send_raw(frame).await;
+    dev.wait_ack(1).await;
+    drop(dev);
+    first.shutdown().await;
+    // What a crash leaves behind: the stored flag still says connected.
+    let changed = first
+        .db()
+        .execute("UPDATE devices SET online = 1 WHERE device_id = 5", [])
+        .expect("update");
+    assert_eq!(changed, 1, "the device row exists");
+
+    let second = TestServer::start_in(dir.path().to_path_buf(), |_| {}).await;
+    let token = operator(&second, &["*"]);
+    let r = get(second.addr, "/v1/devices/5", Some(&token)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["online"], false, "{v}");
+    assert!(v["last_seen_ms"].is_i64(), "last seen is kept: {v}");
+    assert_eq!(v["latest"][0]["value"], 2.5, "{v}");
+}

@@ -289,6 +289,70 @@ async fn retention_deletes_across_chunks_and_series() {
     store.close().await.expect("close");
 }
 
+/// `latest` is read from the index; retention keeps a series' newest reading before deleting it,
+/// so `latest` still answers for a series whose readings are all gone, across a reopen too.
+#[tokio::test]
+async fn latest_survives_retention_of_its_readings() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(dir.path());
+    let mut old = reading(7, 2, 50, 1);
+    old.value = 1.5;
+    let rows = vec![
+        reading(7, 1, 100, 1),
+        reading(7, 1, 200, 2),
+        old,
+        reading(7, 1, 5_000_000, 3),
+    ];
+    store
+        .write_batch(WriteBatch {
+            rows,
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write");
+    assert_eq!(store.delete_older_than(1_000_000).await.expect("delete"), 3);
+    assert!(
+        series(&store, 7, 2).await.is_empty(),
+        "channel 2 was deleted"
+    );
+    let got = store.latest(7).await.expect("latest");
+    let got: Vec<(u16, i64, f64)> = got.iter().map(|l| (l.channel, l.ts_us, l.value)).collect();
+    assert_eq!(got, vec![(1, 5_000_000, 2_500_000.0), (2, 50, 1.5)]);
+
+    // An older reading does not replace the kept one; one at the same time (a later write) does.
+    let mut older = reading(7, 2, 40, 4);
+    older.value = 9.0;
+    store
+        .write_batch(WriteBatch {
+            rows: vec![older],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write older");
+    let kept = store.latest(7).await.expect("latest")[1];
+    assert_eq!((kept.ts_us, kept.value), (50, 1.5), "older must not win");
+    let mut same_time = reading(7, 2, 50, 5);
+    same_time.value = 7.0;
+    store
+        .write_batch(WriteBatch {
+            rows: vec![same_time],
+            ..WriteBatch::default()
+        })
+        .await
+        .expect("write same time");
+    store.close().await.expect("close");
+
+    let store = open(dir.path());
+    let got = store.latest(7).await.expect("latest after reopen");
+    let got: Vec<(u16, i64, f64)> = got.iter().map(|l| (l.channel, l.ts_us, l.value)).collect();
+    assert_eq!(
+        got,
+        vec![(1, 5_000_000, 2_500_000.0), (2, 50, 7.0)],
+        "equal times: the later write wins"
+    );
+    store.close().await.expect("close");
+}
+
 #[tokio::test]
 async fn revocation_written_by_another_open_store_is_seen() {
     let dir = tempfile::tempdir().expect("temp dir");

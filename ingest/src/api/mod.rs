@@ -143,11 +143,12 @@ pub struct Known {
 }
 
 impl Known {
-    /// Connected now: the hub's view when it has one (it sees connects and disconnects as they
-    /// happen), else the store's last record.
+    /// Connected now: the hub's view. Device connections end at this process, and the hub
+    /// hears of every connect and disconnect since it started, so a device it never heard of is
+    /// offline, whatever the store last recorded (after a crash the stored flag can still say
+    /// online, because the disconnect was never written).
     pub fn online(&self) -> bool {
-        self.live_online
-            .unwrap_or_else(|| self.stored.as_ref().is_some_and(|s| s.online))
+        self.live_online.unwrap_or(false)
     }
 }
 
