@@ -438,6 +438,30 @@ impl Log {
         view
     }
 
+    /// Positions `(after, upto]` and the time range of their readings: held readings are
+    /// scanned, evicted ones come from the checkpoints (`lost_after`). `None` if empty.
+    pub fn span(&self, after: u64, upto: u64) -> Option<Lost> {
+        let upto = upto.min(self.head);
+        if after >= upto {
+            return None;
+        }
+        let evicted = self.lost_after(after);
+        let mut min_ts = evicted.and_then(|l| l.from_ts_us);
+        let mut max_ts = evicted.and_then(|l| l.to_ts_us);
+        let evicted_unknown = evicted.is_some_and(|l| l.from_ts_us.is_none());
+        for (_, r) in self.view(after, upto).iter() {
+            let ts = r.ts_us.get();
+            min_ts = Some(min_ts.map_or(ts, |m| m.min(ts)));
+            max_ts = Some(max_ts.map_or(ts, |m| m.max(ts)));
+        }
+        Some(Lost {
+            from_position: after + 1,
+            to_position: upto,
+            from_ts_us: if evicted_unknown { None } else { min_ts },
+            to_ts_us: max_ts,
+        })
+    }
+
     /// What a client that has everything up to `after` can no longer get, if anything.
     pub fn lost_after(&self, after: u64) -> Option<Lost> {
         let oldest = self.oldest();

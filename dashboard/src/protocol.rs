@@ -87,6 +87,11 @@ pub struct SubscribeArgs {
     pub policy: Policy,
     /// Whether to send a snapshot (default true).
     pub snapshot: bool,
+    /// The client already has this subscription's readings up to this position (its resume
+    /// position, when it resubscribes after a reconnect). If the session has streamed past it
+    /// already, the subscription starts at the head and a `late_subscription` gap for it says
+    /// what to fetch from the history API.
+    pub after: Option<u64>,
 }
 
 /// A parsed request.
@@ -246,10 +251,21 @@ fn parse_op(obj: &Map<String, Value>) -> Result<Op, ProtocolError> {
                     });
                 }
             };
+            let after = obj
+                .get("after")
+                .map(|v| {
+                    as_u64(v).ok_or_else(|| ProtocolError::InvalidField {
+                        field: "after",
+                        expected: "a stream position (decimal string)",
+                        found: short(v),
+                    })
+                })
+                .transpose()?;
             Ok(Op::Subscribe(SubscribeArgs {
                 selector,
                 policy,
                 snapshot,
+                after,
             }))
         }
         "unsubscribe" => {
@@ -310,6 +326,11 @@ pub enum GapReason {
     SlowConsumer,
     /// The `drop_oldest` policy dropped readings of a client over its bound.
     DropOldest,
+    /// A `subscribe` with `after` arrived when the session had already streamed past that
+    /// position: the new subscription's readings in between are not sent (fetch them from the
+    /// history API). Concerns only the subscriptions listed in `subs`; the client's position
+    /// is unchanged.
+    LateSubscription,
 }
 
 impl GapReason {
@@ -321,6 +342,7 @@ impl GapReason {
             GapReason::UnknownPosition => "unknown_position",
             GapReason::SlowConsumer => "slow_consumer",
             GapReason::DropOldest => "drop_oldest",
+            GapReason::LateSubscription => "late_subscription",
         }
     }
 }
@@ -490,7 +512,8 @@ mod tests {
             Op::Subscribe(SubscribeArgs {
                 selector: Selector::Devices(vec![3, 7]),
                 policy: Policy::Coalesce,
-                snapshot: true
+                snapshot: true,
+                after: None,
             })
         );
         let r = parse_request(r#"{"id":"a","op":"subscribe","devices":"*","policy":"disconnect"}"#)
@@ -528,6 +551,10 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"op":"subscribe","devices":1,"policy":"yolo"}"#).code(),
+            "invalid_field"
+        );
+        assert_eq!(
+            err(r#"{"op":"subscribe","devices":1,"after":"soon"}"#).code(),
             "invalid_field"
         );
         assert_eq!(

@@ -372,3 +372,47 @@ async fn shutdown_closes_with_1001() {
     token.cancel();
     assert_eq!(c.closed().await, close::GOING_AWAY);
 }
+
+#[tokio::test(start_paused = true)]
+async fn resubscribing_after_the_resumed_stream_moved_on_gets_a_late_subscription_gap() {
+    let hub = hub();
+    // Positions 1001..=1010 hold readings 0..=9 (reading time = value); device 1 has the even
+    // ones, device 2 the odd ones.
+    for i in 0..10 {
+        hub.publish(1 + i % 2, [r(1, i as i64, i as f64)]);
+    }
+    let mut c = client(&hub);
+    c.send(r#"{"id":1,"op":"resume","position":"1004"}"#).await;
+    assert_eq!(c.json().await["gap"], false);
+    // Sent right after the resume: starts at the resume position, no gap.
+    c.subscribe(r#""devices":[1],"after":"1004""#).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(c.data().await.2.into_iter().map(|x| x.3));
+    }
+    assert_eq!(got, vec![4.0, 6.0, 8.0]);
+    // The session has now streamed to the head; a second subscription from the same resume
+    // burst cannot start at 1004 any more: it is told exactly what it misses.
+    let (reply, _) = c.subscribe(r#""devices":[2],"after":"1004""#).await;
+    let gap = c.json().await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    assert_eq!(gap["reason"], "late_subscription");
+    assert_eq!(gap["subs"], serde_json::json!([reply["sub"]]));
+    assert_eq!(
+        (gap["from_position"].as_str(), gap["to_position"].as_str()),
+        (Some("1005"), Some("1010"))
+    );
+    assert_eq!(
+        (gap["from_ts_us"].as_i64(), gap["to_ts_us"].as_i64()),
+        (Some(4), Some(9)),
+        "the readings of positions 1005..=1010"
+    );
+    // Then both subscriptions are live, nothing twice.
+    hub.publish(2, [r(1, 50, 50.0)]);
+    hub.publish(1, [r(1, 51, 51.0)]);
+    let mut live = Vec::new();
+    while live.len() < 2 {
+        live.extend(c.data().await.2.into_iter().map(|x| (x.0, x.3)));
+    }
+    assert_eq!(live, vec![(2, 50.0), (1, 51.0)]);
+}

@@ -21,6 +21,7 @@ fn devices(ids: &[u64]) -> SubscribeArgs {
         selector: Selector::Devices(ids.to_vec()),
         policy: Policy::Coalesce,
         snapshot: false,
+        after: None,
     }
 }
 
@@ -233,6 +234,7 @@ mod exact_delivery {
                 selector: Selector::All,
                 policy: Policy::Coalesce,
                 snapshot: false,
+                after: None,
             })
             .expect("subscribed");
             let (mut got_listed, mut got_all) = (Vec::new(), Vec::new());

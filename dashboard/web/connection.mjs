@@ -151,11 +151,14 @@ export class Connection {
     this.openedAt = Date.now();
     this.pending.clear();
     this.bySub.clear();
-    // Resume before subscribing: every subscription then continues after `position`.
-    if (this.position != null) this.send({ op: 'resume', position: this.position });
+    // Resume before subscribing: every subscription then continues after `position`. Each
+    // subscribe says `after` too: one the server takes once it has already streamed past the
+    // position gets a `late_subscription` gap for exactly what it misses (backfilled).
+    const after = this.position;
+    if (after != null) this.send({ op: 'resume', position: after });
     for (const s of this.subs.values()) {
       s.serverSub = null;
-      this.sendSubscribe(s);
+      this.sendSubscribe(s, after);
     }
     this.setStatus('live');
     this.heartbeat();
@@ -182,9 +185,11 @@ export class Connection {
     return id;
   }
 
-  sendSubscribe(entry) {
+  sendSubscribe(entry, after = null) {
     if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return; // sent on open
-    const id = this.send({ op: 'subscribe', devices: entry.devices, snapshot: true });
+    const req = { op: 'subscribe', devices: entry.devices, snapshot: true };
+    if (after != null) req.after = after;
+    const id = this.send(req);
     this.pending.set(id, entry);
   }
 
@@ -222,6 +227,12 @@ export class Connection {
     if (m.type === 'coalesced' && later(m.to_position, this.position)) this.position = m.to_position;
     // After a gap the stream continues from the server's cursor, which may lie below our last
     // position (a position the server never gave out, e.g. its clock went back): start over there.
+    // A `late_subscription` gap concerns one new subscription only: the position stays.
+    if (m.type === 'gap' && m.reason === 'late_subscription') {
+      const entry = this.bySub.get(m.subs?.[0]);
+      if (entry) entry.client.post({ t: 'event', key: entry.key, data: m });
+      return;
+    }
     if (m.type === 'gap') this.position = m.to_position ?? null;
     if (m.type === 'snapshot') {
       const entry = this.bySub.get(m.sub);

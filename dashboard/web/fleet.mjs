@@ -46,8 +46,19 @@ export class FleetView {
     this.cleanups.push(() => this.live.unsubscribe('fleet'));
     const tick = setInterval(() => this.tick(), 1000);
     this.cleanups.push(() => clearInterval(tick));
+    this.reloadTimer = 0;
+    this.cleanups.push(() => clearTimeout(this.reloadTimer));
     this.abort = new AbortController();
     this.listed = this.load();
+  }
+
+  /** Loads the device list again soon: a burst of gaps costs one request, not one each. */
+  reload() {
+    if (this.reloadTimer) return;
+    this.reloadTimer = setTimeout(() => {
+      this.reloadTimer = 0;
+      this.listed = this.load();
+    }, 1000);
   }
 
   /** Merges the API's device list (names, tags, last seen); resolves to the listed ids. */
@@ -122,7 +133,7 @@ export class FleetView {
         d.onlineAt = e.at_us;
         this.touch(d);
       } else if (e.type === 'gap') {
-        this.listed = this.load(); // latest values may have moved on while we were away
+        this.reload(); // latest values may have moved on while we were away
       }
     }
   }

@@ -313,6 +313,7 @@ fn sse_setup(
             selector,
             policy,
             snapshot,
+            after: None,
         })?;
         events.extend(snap);
     }

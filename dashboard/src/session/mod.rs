@@ -379,6 +379,20 @@ impl Session {
                 protocol::snapshot_event(id, head, &devices, truncated),
             ));
         }
+        // Resubscribing after a resume, but the session already streamed past the client's
+        // position for its other subscriptions: say exactly which readings this one misses.
+        // (While still `resumed` the subscription starts at the resume outcome, which covers it.)
+        let missed = match args.after {
+            Some(after) if !self.resumed => self.hub.with_log(|log| log.span(after, start)),
+            _ => None,
+        };
+        if let Some(missed) = missed {
+            metrics::counter!(m::GAPS, "reason" => GapReason::LateSubscription.name()).increment(1);
+            events.push(Outbound::json(
+                "gap",
+                protocol::gap_event(GapReason::LateSubscription, Some(missed), &[id], None),
+            ));
+        }
         self.subs.push(Subscription {
             id,
             kind: args.selector.kind(),

@@ -232,15 +232,18 @@ pub async fn get(req: Request) -> Result<warp::reply::Response, ApiError> {
         }
     }
     let store = req.app.store.clone();
-    let mut next_cursor_header = None;
+    let mut planned = None;
     if q.agg.is_none() && q.format == Format::Csv {
         // CSV has no place for the cursor after the rows, and headers go first: find where
-        // this page ends before streaming it (keys only, from the index; memory stays bounded).
-        next_cursor_header = page_end(&store, &q).await?.map(|c| c.encode());
+        // this page ends before streaming it (keys only, from the index; memory stays bounded),
+        // then stream exactly up to that end, so rows committed in between neither shift the
+        // page (a skipped row) nor the cursor (a repeated one).
+        planned = Some(page_end(&store, &q).await?);
     }
+    let next_cursor_header = planned.flatten().map(|c| c.encode());
     let (tx, mut rx) = mpsc::channel::<Result<Bytes, StoreError>>(QUEUE_CHUNKS);
     let format = q.format;
-    tokio::spawn(produce(store, q, tx).in_current_span());
+    tokio::spawn(produce(store, q, planned, tx).in_current_span());
     let first = match rx.recv().await {
         Some(Ok(b)) => b,
         Some(Err(e)) => return Err(e.into()),
@@ -309,10 +312,13 @@ struct Pager {
     index: usize,
     /// Last row read in the current series.
     after: Option<(i64, u64)>,
+    /// The page's end found beforehand (`page_end`), if any: the page stops exactly there
+    /// instead of after `remaining` rows. `Some(None)`: no next page, read to the end.
+    planned: Option<Option<Cursor>>,
 }
 
 impl Pager {
-    fn new(store: Arc<dyn Store>, q: &SeriesQuery) -> Pager {
+    fn new(store: Arc<dyn Store>, q: &SeriesQuery, planned: Option<Option<Cursor>>) -> Pager {
         Pager {
             store,
             pairs: q.pairs.clone(),
@@ -322,10 +328,14 @@ impl Pager {
             remaining: q.limit,
             index: q.cursor.map_or(0, |c| c.series as usize),
             after: q.cursor.and_then(|c| c.after),
+            planned,
         }
     }
 
     async fn next(&mut self) -> Result<Page, StoreError> {
+        if let Some(end) = self.planned {
+            return self.next_planned(end).await;
+        }
         while let Some(&(device_id, channel)) = self.pairs.get(self.index) {
             // At the limit, one probe row says whether a next page exists.
             let want = if self.remaining == 0 {
@@ -370,6 +380,51 @@ impl Pager {
             }
         }
         Ok(Page::End(None))
+    }
+
+    /// Rows up to the planned `end` (the last row of the page is `end.after` in series
+    /// `end.series`; `None`: every remaining row).
+    async fn next_planned(&mut self, end: Option<Cursor>) -> Result<Page, StoreError> {
+        while let Some(&(device_id, channel)) = self.pairs.get(self.index) {
+            if let Some(c) = end {
+                let series = c.series as usize;
+                if self.index > series || (self.index == series && c.after.is_none()) {
+                    break; // the page ends before this series
+                }
+            }
+            let upto = end
+                .filter(|c| self.index == c.series as usize)
+                .and_then(|c| c.after);
+            let mut rows = self
+                .store
+                .range(RangeQuery {
+                    device_id,
+                    channel,
+                    from_us: self.from_us,
+                    to_us: self.to_us,
+                    after: self.after,
+                    limit: PAGE_ROWS,
+                })
+                .await?;
+            let fetched = rows.len();
+            if let Some(upto) = upto {
+                rows.retain(|r| (r.ts_us, r.seq) <= upto);
+            }
+            let index = self.index;
+            let at_end = rows.len() < fetched || rows.last().map(|r| (r.ts_us, r.seq)) == upto;
+            if upto.is_some() && at_end {
+                self.index = self.pairs.len(); // reached the planned end
+            } else if (fetched as u32) < PAGE_ROWS {
+                self.index += 1;
+                self.after = None;
+            } else if let Some(last) = rows.last() {
+                self.after = Some((last.ts_us, last.seq));
+            }
+            if !rows.is_empty() {
+                return Ok(Page::Rows(index, rows));
+            }
+        }
+        Ok(Page::End(end))
     }
 }
 
@@ -424,6 +479,7 @@ async fn page_end(store: &Arc<dyn Store>, q: &SeriesQuery) -> Result<Option<Curs
 async fn produce(
     store: Arc<dyn Store>,
     q: SeriesQuery,
+    planned: Option<Option<Cursor>>,
     tx: mpsc::Sender<Result<Bytes, StoreError>>,
 ) {
     let shape = match q.agg {
@@ -458,7 +514,7 @@ async fn produce(
                 enc.end(&mut out, None);
             }
             None => {
-                let mut pager = Pager::new(store.clone(), &q);
+                let mut pager = Pager::new(store.clone(), &q, planned);
                 loop {
                     match pager.next().await? {
                         Page::Rows(i, rows) => {

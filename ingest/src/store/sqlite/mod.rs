@@ -53,7 +53,7 @@ use super::{
     WriteBatch,
 };
 use crate::dedup::DedupWindow;
-use read::ReadPool;
+use read::{Lane, ReadPool};
 pub use schema::{MIGRATIONS, configure_writer};
 use write::{Checkpointer, Command, Writer};
 
@@ -191,12 +191,12 @@ impl SqliteStore {
     }
 
     /// Runs `query` on a read connection on the blocking pool.
-    async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    async fn read<T, F>(&self, lane: Lane, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = ReadPool::take(&self.readers).await?;
+        let conn = ReadPool::take(&self.readers, lane).await?;
         tokio::task::spawn_blocking(move || query(conn.get()))
             .await
             .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
@@ -227,8 +227,10 @@ impl Store for SqliteStore {
         device_id: u64,
         window: u32,
     ) -> Result<Option<DedupWindow>, StoreError> {
-        self.read(move |conn| read::dedup_window(conn, device_id, window))
-            .await
+        self.read(Lane::Urgent, move |conn| {
+            read::dedup_window(conn, device_id, window)
+        })
+        .await
     }
 
     async fn set_presence(&self, presence: Presence) -> Result<(), StoreError> {
@@ -236,25 +238,28 @@ impl Store for SqliteStore {
     }
 
     async fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
-        self.read(read::devices).await
+        self.read(Lane::Bulk, read::devices).await
     }
 
     async fn latest(&self, device_id: u64) -> Result<Vec<Latest>, StoreError> {
-        self.read(move |conn| read::latest(conn, device_id)).await
+        self.read(Lane::Bulk, move |conn| read::latest(conn, device_id))
+            .await
     }
 
     async fn range(&self, q: RangeQuery) -> Result<Vec<Row>, StoreError> {
         if q.limit == 0 || q.from_us >= q.to_us {
             return Ok(Vec::new());
         }
-        self.read(move |conn| read::range(conn, q)).await
+        self.read(Lane::Bulk, move |conn| read::range(conn, q))
+            .await
     }
 
     async fn range_keys(&self, q: RangeQuery) -> Result<Vec<(i64, u64)>, StoreError> {
         if q.limit == 0 || q.from_us >= q.to_us {
             return Ok(Vec::new());
         }
-        self.read(move |conn| read::range_keys(conn, q)).await
+        self.read(Lane::Bulk, move |conn| read::range_keys(conn, q))
+            .await
     }
 
     async fn aggregate(&self, q: AggQuery) -> Result<Vec<Bucket>, StoreError> {
@@ -267,7 +272,8 @@ impl Store for SqliteStore {
         if q.from_us >= q.to_us {
             return Ok(Vec::new());
         }
-        self.read(move |conn| read::aggregate(conn, q)).await
+        self.read(Lane::Bulk, move |conn| read::aggregate(conn, q))
+            .await
     }
 
     async fn delete_older_than(&self, cutoff_us: i64) -> Result<u64, StoreError> {
@@ -280,7 +286,7 @@ impl Store for SqliteStore {
     }
 
     async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
-        self.read(read::revocations).await
+        self.read(Lane::Urgent, read::revocations).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

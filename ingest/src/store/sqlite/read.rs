@@ -104,6 +104,9 @@ fn aggregate_sql(agg: Agg) -> &'static str {
 pub(super) struct ReadPool {
     /// One permit per idle connection in `conns`.
     permits: Arc<Semaphore>,
+    /// Bulk reads (history queries, listings) may hold all connections but one, so a device
+    /// that connects never waits behind long API queries for its dedup window.
+    bulk: Arc<Semaphore>,
     /// Idle connections.
     conns: Mutex<Vec<Connection>>,
 }
@@ -113,12 +116,23 @@ impl ReadPool {
     pub(super) fn new(conns: Vec<Connection>) -> ReadPool {
         ReadPool {
             permits: Arc::new(Semaphore::new(conns.len())),
+            bulk: Arc::new(Semaphore::new(conns.len().saturating_sub(1).max(1))),
             conns: Mutex::new(conns),
         }
     }
 
     /// Waits for an idle connection.
-    pub(super) async fn take(pool: &Arc<ReadPool>) -> Result<PooledConn, StoreError> {
+    pub(super) async fn take(pool: &Arc<ReadPool>, lane: Lane) -> Result<PooledConn, StoreError> {
+        let bulk = match lane {
+            Lane::Bulk => Some(
+                pool.bulk
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| StoreError::Closed)?,
+            ),
+            Lane::Urgent => None,
+        };
         let permit = pool
             .permits
             .clone()
@@ -134,6 +148,7 @@ impl ReadPool {
             conn: Some(conn.ok_or(StoreError::Closed)?),
             pool: pool.clone(),
             _permit: permit,
+            _bulk: bulk,
         })
     }
 }
@@ -144,6 +159,17 @@ pub(super) struct PooledConn {
     pool: Arc<ReadPool>,
     /// Released after the connection is back in the pool (fields drop after `drop`).
     _permit: OwnedSemaphorePermit,
+    /// The bulk lane's permit, for bulk reads.
+    _bulk: Option<OwnedSemaphorePermit>,
+}
+
+/// Which reads may take the last free connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// On a device's connect path (its dedup window): any free connection.
+    Urgent,
+    /// Everything else: all connections but one.
+    Bulk,
 }
 
 impl PooledConn {
