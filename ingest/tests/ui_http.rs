@@ -4,42 +4,7 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use common::{HttpReply, TestServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// GET `path` on a raw socket; the whole response with its headers.
-async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpReply {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    HttpReply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
+use common::{TestServer, get_with as get};
 
 #[tokio::test]
 async fn page_and_modules_are_served_with_csp_and_etags() {

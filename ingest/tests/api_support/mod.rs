@@ -6,9 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+pub use crate::common::get_with;
 use crate::common::{Device, HttpReply, TestServer, now_us};
 
 /// An operator token for `devices` (ids, `*`, `tag:..`), valid for an hour.
@@ -23,26 +21,6 @@ pub fn operator(server: &TestServer, devices: &[&str]) -> String {
         .expect("mint")
 }
 
-/// Decodes an HTTP/1.1 chunked body.
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            panic!("truncated chunked body");
-        };
-        let size_text = String::from_utf8_lossy(&b[..eol]).to_string();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
-        b = &b[eol + 2..];
-        if size == 0 {
-            return out;
-        }
-        assert!(b.len() >= size + 2, "truncated chunk");
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
-}
-
 /// `GET path` with optional bearer token; reads the whole response (content-length or chunked).
 pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> HttpReply {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -51,51 +29,6 @@ pub async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> HttpReply
         .map(|a| vec![("Authorization", a)])
         .unwrap_or_default();
     get_with(addr, path, &headers).await
-}
-
-/// `GET path` with extra headers.
-pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpReply {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
-        .await
-        .expect("response within 30s")
-        .expect("read");
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head")
-        + 4;
-    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(&raw[head_end..])
-    } else {
-        raw[head_end..].to_vec()
-    };
-    HttpReply {
-        status,
-        headers,
-        body: String::from_utf8(body).expect("utf-8 body"),
-    }
 }
 
 /// One reading the tests sent: (device, channel, ts_us, value).

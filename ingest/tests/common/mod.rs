@@ -268,9 +268,9 @@ impl Device {
     }
 }
 
-/// Plain HTTP GET returning (status, body) without an HTTP client crate.
-pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Sends `GET path` with `headers` on a new connection (`Connection: close`).
+async fn send_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -278,6 +278,14 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
+    s
+}
+
+/// Plain HTTP GET returning (status, body) without an HTTP client crate; status 0 when the
+/// server answered nothing.
+pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = send_get(addr, path, headers).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).to_string();
@@ -291,6 +299,67 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// `GET path` with extra headers: the whole response, its headers, and the body (chunked
+/// bodies decoded; the history API streams).
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpReply {
+    use tokio::io::AsyncReadExt;
+    let mut s = send_get(addr, path, headers).await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .expect("response within 30s")
+        .expect("read");
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head")
+        + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(&raw[head_end..])
+    } else {
+        raw[head_end..].to_vec()
+    };
+    HttpReply {
+        status,
+        headers,
+        body: String::from_utf8(body).expect("utf-8 body"),
+    }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            panic!("truncated chunked body");
+        };
+        let size_text = String::from_utf8_lossy(&b[..eol]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
+        b = &b[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        assert!(b.len() >= size + 2, "truncated chunk");
+        out.extend_from_slice(&b[..size]);
+        b = &b[size + 2..];
+    }
 }
 
 // ---- Edge test support (added for tests/edge_*.rs) ----
