@@ -239,6 +239,18 @@ try {
   await until(ownTab, (n) => document.querySelectorAll('#rows tr .dot.on').length === n, DEVICES.length, 'per-tab fallback shows the fleet live');
   check((await ownTab.evaluate(() => window.__telemux.live.mode)) === 'page', 'per-tab fallback runs the connection in the page');
   check((await liveSockets()) === 2, 'the fallback tab has its own socket');
+  // A tab with another token (narrower grants) gets its own socket from the same worker, and
+  // sees only what its token grants, even beside a tab whose token grants everything.
+  const [narrowTab] = await Promise.all([
+    context.waitForEvent('page'),
+    page.evaluate((t) => window.open(`/?token=${t}#/`), env('NARROW_TOKEN')),
+  ]);
+  await until(narrowTab, (ids) => ids.every((id) => document.querySelector(`tr[data-device="${id}"] .dot.on`)), narrowIds, 'narrow-token tab shows its devices online');
+  check((await narrowTab.evaluate(() => window.__telemux.live.mode)) === 'shared-worker', 'narrow-token tab uses the SharedWorker');
+  const narrowTabRows = await narrowTab.$$eval('#rows tr', (rows) => rows.map((r) => r.dataset.device));
+  check(narrowTabRows.length === narrowIds.length, `narrow-token tab beside a full-token tab lists only its devices (${narrowTabRows})`);
+  check((await liveSockets()) === 3, 'a tab with another token gets a socket of its own');
+  await narrowTab.close({ runBeforeUnload: true });
 
   // Memory under load: 1,000 readings/s for HEAP_SECS, heap measured after a forced GC.
   const tabs = { device: page, fleet: fleetTab, own_socket: ownTab };
