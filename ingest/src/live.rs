@@ -11,7 +11,6 @@ use http::StatusCode;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{Instrument, debug, info, info_span, warn};
 use warp::Reply;
@@ -22,7 +21,7 @@ use dashboard::{DriveOptions, Format, Grants, Session};
 
 use crate::auth::Claims;
 use crate::limits::ConnectionSlot;
-use crate::routes::{is_websocket_request, json_error, retry_later};
+use crate::routes::{is_websocket_request, json_error, retry_later, switching_protocols};
 use crate::server::{App, PeerAddr};
 use crate::telemetry as m;
 
@@ -171,27 +170,7 @@ pub fn upgrade(
         }
         .instrument(span),
     );
-    let mut resp = warp::reply::reply().into_response();
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("upgrade"),
-    );
-    h.insert(
-        http::header::UPGRADE,
-        http::HeaderValue::from_static("websocket"),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    if let Some(p) = subprotocol {
-        h.insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            http::HeaderValue::from_static(p),
-        );
-    }
-    resp
+    switching_protocols(&key, subprotocol)
 }
 
 /// A refused SSE query: 400 for malformed parameters, 403 outside the grants.

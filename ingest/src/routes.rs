@@ -50,6 +50,32 @@ pub fn retry_later(
     r
 }
 
+/// The `101 Switching Protocols` answer to a WebSocket upgrade request with `Sec-WebSocket-Key`
+/// `key`, naming the chosen subprotocol, if any.
+pub fn switching_protocols(key: &str, subprotocol: Option<&'static str>) -> warp::reply::Response {
+    let mut resp = warp::reply::reply().into_response();
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = subprotocol {
+        h.insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(p),
+        );
+    }
+    resp
+}
+
 /// Every route of the server.
 pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
     let with_app = {
@@ -311,19 +337,5 @@ fn device_upgrade(
             Err(e) => warn!(%addr, error = %e, "websocket upgrade failed"),
         }
     });
-    let mut resp = warp::reply::reply().into_response();
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("upgrade"),
-    );
-    h.insert(
-        http::header::UPGRADE,
-        http::HeaderValue::from_static("websocket"),
-    );
-    if let Ok(v) = http::HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
-        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+    switching_protocols(&key, None)
 }

@@ -332,6 +332,25 @@ impl Pager {
         }
     }
 
+    /// Up to `limit` rows of a series after the current position in it.
+    async fn fetch(
+        &self,
+        device_id: u64,
+        channel: u16,
+        limit: u32,
+    ) -> Result<Vec<Row>, StoreError> {
+        self.store
+            .range(RangeQuery {
+                device_id,
+                channel,
+                from_us: self.from_us,
+                to_us: self.to_us,
+                after: self.after,
+                limit,
+            })
+            .await
+    }
+
     async fn next(&mut self) -> Result<Page, StoreError> {
         if let Some(end) = self.planned {
             return self.next_planned(end).await;
@@ -343,17 +362,7 @@ impl Pager {
             } else {
                 self.remaining.min(PAGE_ROWS)
             };
-            let rows = self
-                .store
-                .range(RangeQuery {
-                    device_id,
-                    channel,
-                    from_us: self.from_us,
-                    to_us: self.to_us,
-                    after: self.after,
-                    limit: want,
-                })
-                .await?;
+            let rows = self.fetch(device_id, channel, want).await?;
             if self.remaining == 0 {
                 if !rows.is_empty() {
                     return Ok(Page::End(Some(Cursor {
@@ -395,17 +404,7 @@ impl Pager {
             let upto = end
                 .filter(|c| self.index == c.series as usize)
                 .and_then(|c| c.after);
-            let mut rows = self
-                .store
-                .range(RangeQuery {
-                    device_id,
-                    channel,
-                    from_us: self.from_us,
-                    to_us: self.to_us,
-                    after: self.after,
-                    limit: PAGE_ROWS,
-                })
-                .await?;
+            let mut rows = self.fetch(device_id, channel, PAGE_ROWS).await?;
             let fetched = rows.len();
             if let Some(upto) = upto {
                 rows.retain(|r| (r.ts_us, r.seq) <= upto);

@@ -300,7 +300,7 @@ pub(super) fn latest(conn: &Connection, device_id: u64) -> Result<Vec<Latest>, S
 
 /// Raw readings of one series, oldest first.
 pub(super) fn range(conn: &Connection, q: RangeQuery) -> Result<Vec<Row>, StoreError> {
-    let map = |r: &rusqlite::Row<'_>| {
+    range_with(conn, q, (RANGE, RANGE_AFTER), |r| {
         Ok(Row {
             device_id: q.device_id,
             channel: q.channel,
@@ -309,38 +309,36 @@ pub(super) fn range(conn: &Connection, q: RangeQuery) -> Result<Vec<Row>, StoreE
             quality: r.get(2)?,
             value: from_sql(r.get(3)?),
         })
-    };
+    })
+}
+
+/// The `(ts_us, seq)` keys `range` would return, from the series index alone.
+pub(super) fn range_keys(conn: &Connection, q: RangeQuery) -> Result<Vec<(i64, u64)>, StoreError> {
+    range_with(conn, q, (RANGE_KEYS, RANGE_KEYS_AFTER), |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })
+}
+
+/// Runs a range query (`sql.0` from the start, `sql.1` after the query's cursor), mapping rows.
+fn range_with<T>(
+    conn: &Connection,
+    q: RangeQuery,
+    sql: (&str, &str),
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
     let (d, c, limit) = (q.device_id as i64, q.channel, i64::from(q.limit));
     let rows = match q.after {
-        None => conn.prepare_cached(RANGE).and_then(|mut s| {
+        None => conn.prepare_cached(sql.0).and_then(|mut s| {
             s.query_map((d, c, q.from_us, q.to_us, limit), map)?
                 .collect()
         }),
-        Some((ts_us, seq)) => conn.prepare_cached(RANGE_AFTER).and_then(|mut s| {
+        Some((ts_us, seq)) => conn.prepare_cached(sql.1).and_then(|mut s| {
             let from_us = q.from_us.max(ts_us);
             s.query_map((d, c, from_us, q.to_us, limit, ts_us, seq as i64), map)?
                 .collect()
         }),
     };
     rows.map_err(db)
-}
-
-/// The `(ts_us, seq)` keys `range` would return, from the series index alone.
-pub(super) fn range_keys(conn: &Connection, q: RangeQuery) -> Result<Vec<(i64, u64)>, StoreError> {
-    let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64));
-    let (d, c, limit) = (q.device_id as i64, q.channel, i64::from(q.limit));
-    let keys = match q.after {
-        None => conn.prepare_cached(RANGE_KEYS).and_then(|mut s| {
-            s.query_map((d, c, q.from_us, q.to_us, limit), map)?
-                .collect()
-        }),
-        Some((ts_us, seq)) => conn.prepare_cached(RANGE_KEYS_AFTER).and_then(|mut s| {
-            let from_us = q.from_us.max(ts_us);
-            s.query_map((d, c, from_us, q.to_us, limit, ts_us, seq as i64), map)?
-                .collect()
-        }),
-    };
-    keys.map_err(db)
 }
 
 /// Time-bucketed aggregates of one series (step and range checked by the caller).
