@@ -107,23 +107,7 @@ async fn a_client_that_never_reads_is_bounded_and_closed_while_fifty_others_get_
     for (i, mut client) in fast.into_iter().enumerate() {
         let target_rx = target_rx.clone();
         readers.push(tokio::spawn(async move {
-            let mut values = Vec::new();
-            let mut last_pos = 0;
-            while values.len() < *target_rx.borrow() {
-                match client.next(Duration::from_millis(200)).await {
-                    Got::Data(pos, flags, recs) => {
-                        assert_eq!(flags, 0, "client {i} is never coalesced");
-                        assert!(pos > last_pos, "client {i}: positions increase");
-                        last_pos = pos;
-                        values.extend(recs.into_iter().map(|r| r.3));
-                    }
-                    Got::Json(v) if v["type"] == "online" || v["type"] == "offline" => {}
-                    Got::Json(v) => panic!("client {i} gets no other event: {v}"),
-                    Got::End => {} // quiet for a moment; check the target again
-                    other => panic!("client {i}: {other:?} after {} readings", values.len()),
-                }
-            }
-            values
+            client.read_all(target_rx, &format!("client {i}")).await
         }));
     }
 

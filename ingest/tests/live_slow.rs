@@ -63,25 +63,7 @@ async fn a_slow_client_is_coalesced_then_closed_while_a_fast_client_loses_nothin
     };
     // The fast client reads everything as it comes.
     let (target_tx, target_rx) = tokio::sync::watch::channel(usize::MAX);
-    let reader = tokio::spawn(async move {
-        let mut values = Vec::new();
-        let mut last_pos = 0;
-        while values.len() < *target_rx.borrow() {
-            match fast.next(Duration::from_millis(200)).await {
-                Got::Data(pos, flags, recs) => {
-                    assert_eq!(flags, 0, "the fast client is never coalesced");
-                    assert!(pos > last_pos, "positions increase");
-                    last_pos = pos;
-                    values.extend(recs.into_iter().map(|r| r.3));
-                }
-                Got::Json(v) if v["type"] == "online" || v["type"] == "offline" => {}
-                Got::Json(v) => panic!("the fast client gets no other event: {v}"),
-                Got::End => {} // quiet for a moment (the device may have stopped); check the target
-                other => panic!("fast client: {other:?} after {} readings", values.len()),
-            }
-        }
-        values
-    });
+    let reader = tokio::spawn(async move { fast.read_all(target_rx, "the fast client").await });
 
     // The slow client alternates: stops reading, then reads until it was coalesced.
     let mut coalesced = None;

@@ -136,6 +136,33 @@ where
         id
     }
 
+    /// Reads data until it holds as many values as `target` says (the test lowers it once it
+    /// knows how many were sent), checking that nothing is coalesced, positions increase and
+    /// only presence events arrive besides data. `who` names the client in failures.
+    pub async fn read_all(
+        &mut self,
+        target: tokio::sync::watch::Receiver<usize>,
+        who: &str,
+    ) -> Vec<f64> {
+        let mut values = Vec::new();
+        let mut last_pos = 0;
+        while values.len() < *target.borrow() {
+            match self.next(Duration::from_millis(200)).await {
+                Got::Data(pos, flags, recs) => {
+                    assert_eq!(flags, 0, "{who} is never coalesced");
+                    assert!(pos > last_pos, "{who}: positions increase");
+                    last_pos = pos;
+                    values.extend(recs.into_iter().map(|r| r.3));
+                }
+                Got::Json(v) if v["type"] == "online" || v["type"] == "offline" => {}
+                Got::Json(v) => panic!("{who} gets no other event: {v}"),
+                Got::End => {} // quiet for a moment (the device may have stopped); check again
+                other => panic!("{who}: {other:?} after {} readings", values.len()),
+            }
+        }
+        values
+    }
+
     /// Next message within `within` (pings skipped).
     pub async fn next(&mut self, within: Duration) -> Got {
         loop {
