@@ -107,6 +107,8 @@ pub struct Checker {
     pub counts: Counts,
     /// Device-to-dashboard latency of frames' last readings, microseconds.
     pub latency: Histogram<u64>,
+    /// Readings sent (timestamped) before this Unix time are left out of `latency` (warm-up).
+    pub latency_from_us: i64,
 }
 
 impl Checker {
@@ -143,6 +145,7 @@ impl Checker {
             last_position: position,
             counts: Counts::default(),
             latency: latency_histogram(),
+            latency_from_us: i64::MIN,
         }
     }
 
@@ -219,7 +222,7 @@ impl Checker {
         }
         t.seen += 1;
         t.last_key = key;
-        if t.frame.is_some_and(|f| f.last_ts == ts) {
+        if ts >= self.latency_from_us && t.frame.is_some_and(|f| f.last_ts == ts) {
             let us = now_us.saturating_sub(ts).max(1) as u64;
             let _ = self.latency.record(us.min(MAX_LATENCY_US));
         }
@@ -296,6 +299,22 @@ mod tests {
         assert_eq!((c.counts.gaps(), c.counts.duplicates()), (0, 0));
         assert_eq!(c.latency.len(), 3);
         assert_eq!(c.latency.max(), 1000);
+    }
+
+    #[test]
+    fn frames_sent_during_the_warm_up_are_checked_but_not_timed() {
+        let l = ledger();
+        let mut c = Checker::new(&l, &[1], 0, None, false);
+        c.latency_from_us = 300;
+        feed(
+            &mut c,
+            &l,
+            &[(1, 100), (2, 200), (1, 300), (2, 400), (1, 500), (2, 600)],
+        );
+        c.finish(&l);
+        assert_eq!(c.counts.readings_received, 6, "every reading still checked");
+        assert_eq!(c.counts.gaps(), 0);
+        assert_eq!(c.latency.len(), 2, "frames ending at 400 and 600 only");
     }
 
     #[test]

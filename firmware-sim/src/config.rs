@@ -56,6 +56,11 @@ pub struct SimConfig {
     /// How long devices generate frames (then they drain: wait for outstanding acks).
     #[arg(long, env = "SIM_DURATION", default_value = "10s")]
     pub duration: Dur,
+    /// Latency histograms (ack and dashboard) leave out frames sent in the first `warmup` after
+    /// the connection ramp, so a report shows steady state rather than the start-up burst of
+    /// connects and subscribes. Every frame is still sent, acked and checked; 0: measure all.
+    #[arg(long, env = "SIM_WARMUP", default_value = "0s")]
+    pub warmup: Dur,
     /// Longest wait for outstanding acks after `duration`.
     #[arg(long, default_value = "15s")]
     pub drain_timeout: Dur,

@@ -60,6 +60,10 @@ pub struct Fleet {
     pub drain_until: Instant,
     /// What each device sent, when dashboard clients check their streams against it.
     pub ledger: Option<Arc<crate::ledger::Ledger>>,
+    /// Frames sent before this instant are left out of the latency histograms (`--warmup`).
+    pub measure_from: Instant,
+    /// The same instant as Unix microseconds, for the dashboards' send-time comparison.
+    pub measure_from_us: i64,
 }
 
 /// How a connection ended.
@@ -397,8 +401,11 @@ impl Device {
                         Stats::inc(&stats.frames_acked);
                         Stats::add(&stats.readings_acked, p.readings);
                         Stats::sub(&stats.in_flight, 1);
-                        let us = now.saturating_duration_since(p.sent_at).as_micros().max(1) as u64;
-                        let _ = self.latency.record(us.min(600_000_000));
+                        if p.sent_at >= self.fleet.measure_from {
+                            let us =
+                                now.saturating_duration_since(p.sent_at).as_micros().max(1) as u64;
+                            let _ = self.latency.record(us.min(600_000_000));
+                        }
                     }
                 }
             }

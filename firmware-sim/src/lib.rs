@@ -109,6 +109,19 @@ pub async fn run(cfg: SimConfig) -> Result<Summary, SimError> {
     let stats = Arc::new(Stats::default());
     let clients = cfg.dashboard_clients();
     let ledger = (clients > 0).then(|| Arc::new(Ledger::new(cfg.first_device, cfg.devices)));
+    let ramp = if cfg.ramp == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(f64::from(cfg.devices) / f64::from(cfg.ramp))
+    };
+    // `--warmup 0` measures everything, the ramp included.
+    let warmup = if cfg.warmup.0.is_zero() {
+        Duration::ZERO
+    } else {
+        ramp + cfg.warmup.0
+    };
+    let measure_from = Instant::now() + warmup;
+    let measure_from_us = device::codecs_now_us() + warmup.as_micros() as i64;
     let dashboards = if clients > 0 {
         let token: Option<Arc<str>> = match (&cfg.operator_token, &cfg.mqtt_broker) {
             (_, Some(_)) => None,
@@ -126,17 +139,14 @@ pub async fn run(cfg: SimConfig) -> Result<Summary, SimError> {
             stop_at: far,
             drain_until: far,
             ledger: ledger.clone(),
+            measure_from,
+            measure_from_us,
         });
         Some(Dashboards::start(view, token).await)
     } else {
         None
     };
     let started = Instant::now();
-    let ramp = if cfg.ramp == 0 {
-        Duration::ZERO
-    } else {
-        Duration::from_secs_f64(f64::from(cfg.devices) / f64::from(cfg.ramp))
-    };
     let stop_at = started + ramp + cfg.duration.0;
     let fleet = Arc::new(Fleet {
         drain_until: stop_at + cfg.drain_timeout.0,
@@ -147,6 +157,8 @@ pub async fn run(cfg: SimConfig) -> Result<Summary, SimError> {
         tokens,
         cfg: cfg.clone(),
         ledger,
+        measure_from,
+        measure_from_us,
     });
     let progress = (!cfg.quiet).then(|| tokio::spawn(progress(fleet.clone(), started)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -170,6 +182,7 @@ pub async fn run(cfg: SimConfig) -> Result<Summary, SimError> {
     let mut summary = fleet
         .stats
         .summary(cfg.devices, device_time, cfg.expects_errors());
+    summary.latency_warmup_s = warmup.as_secs_f64();
     if let Some(d) = dashboards {
         summary.ok = summary.ok && d.dashboard_ok;
         summary.dashboards = d;

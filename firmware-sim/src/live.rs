@@ -169,6 +169,7 @@ pub async fn run(
         Some(position),
         plan.devices.is_empty(),
     );
+    checker.latency_from_us = fleet.measure_from_us;
     let mut finish = Finish::new(fleet.cfg.dashboard_grace.0);
     let stats = &fleet.stats;
     let mut ws = Some(ws);

@@ -217,6 +217,7 @@ pub async fn run_subscriber(
         &plan.devices
     };
     let mut checker = Checker::new(ledger, devices, subscribed_at, None, false);
+    checker.latency_from_us = fleet.measure_from_us;
     let mut finish = Finish::new(fleet.cfg.dashboard_grace.0);
     let limits = codecs::Limits {
         max_records: u16::MAX,

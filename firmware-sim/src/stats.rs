@@ -170,6 +170,7 @@ impl Stats {
             frames_acked_per_s: frames_acked as f64 / secs,
             readings_acked_per_s: Stats::get(&self.readings_acked) as f64 / secs,
             ack_latency_ms: Latency::from_histogram(lat.as_ref()),
+            latency_warmup_s: 0.0,
             lost,
             ok: lost == 0,
             dashboards: DashboardSummary::default(),
@@ -254,8 +255,10 @@ pub struct Summary {
     pub frames_acked_per_s: f64,
     /// Acked readings per second over the run.
     pub readings_acked_per_s: f64,
-    /// Send-to-ack latency.
+    /// Send-to-ack latency (of frames sent after the warm-up).
     pub ack_latency_ms: Latency,
+    /// Seconds at the start (connection ramp + `--warmup`) left out of the latency histograms.
+    pub latency_warmup_s: f64,
     /// Frames lost that the options did not ask to lose (dropped + unacked + unexpected refusals).
     pub lost: u64,
     /// `lost == 0`, and with dashboard clients `dashboard_ok` too.
@@ -272,6 +275,10 @@ impl Summary {
         let mut rows: Vec<(String, String)> = vec![
             ("devices".into(), self.devices.to_string()),
             ("duration".into(), format!("{:.1} s", self.duration_s)),
+            (
+                "latency measured after".into(),
+                format!("{:.1} s (ramp + warm-up)", self.latency_warmup_s),
+            ),
             (
                 "frames sent / acked".into(),
                 format!("{} / {}", self.frames_sent, self.frames_acked),

@@ -54,6 +54,22 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
+/// Binds the server's listening socket with a pending-connection queue of `backlog` (tokio's
+/// `TcpListener::bind` fixes it at 1024, too short for a fleet reconnecting at once).
+/// Must be called within a tokio runtime.
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do on Unix: a restarted server can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Opens the embedded store and the token secret under `config.data_dir`.
 pub async fn open(
     config: &Config,

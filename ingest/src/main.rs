@@ -24,8 +24,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = ingest::bind(config.listen, config.listen_backlog)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr()?;
     let data = config.data_dir.display().to_string();

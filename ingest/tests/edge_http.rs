@@ -113,3 +113,33 @@ async fn metrics_export_documented_series_before_their_first_event() {
     }
     assert_eq!(metric(&text, "telemux_zombies_culled_total", &[]), 0.0);
 }
+
+/// A fleet reconnecting at once: 1,500 connections arrive before the server accepts any. With
+/// tokio's fixed backlog of 1024 the kernel drops the SYNs beyond it and those devices retry
+/// only after 1 s; `--listen-backlog` (4096) queues them all, so every connect completes on its
+/// first SYN (well under the 1 s retransmission).
+#[tokio::test]
+async fn the_listen_backlog_queues_a_reconnecting_fleet() {
+    const FLEET: usize = 1500;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    if somaxconn < FLEET {
+        eprintln!("skipped: net.core.somaxconn is {somaxconn}, below {FLEET}");
+        return;
+    }
+    let listener = ingest::bind("127.0.0.1:0".parse().expect("addr"), 4096).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Nothing accepts: every connection waits in the queue.
+    let connects = (0..FLEET).map(|_| {
+        tokio::time::timeout(
+            Duration::from_millis(900),
+            tokio::net::TcpStream::connect(addr),
+        )
+    });
+    let results = futures_util::future::join_all(connects).await;
+    let completed = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(completed, FLEET, "connections completed on their first SYN");
+    drop(listener);
+}

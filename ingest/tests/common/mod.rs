@@ -51,9 +51,7 @@ impl TestServer {
     pub async fn start_in(data_dir: PathBuf, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = test_config(&data_dir);
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .expect("bind");
+        let listener = ingest::bind(config.listen, config.listen_backlog).expect("bind");
         let addr = listener.local_addr().expect("addr");
         std::fs::create_dir_all(&data_dir).expect("data dir");
         let authority = Arc::new(Authority::load_or_create(&data_dir).expect("secret"));
