@@ -25,8 +25,10 @@ use crate::routes::{is_websocket_request, json_error, retry_later, switching_pro
 use crate::server::{App, PeerAddr};
 use crate::telemetry as m;
 
-/// WebSocket read buffer per dashboard connection: clients send only small control messages.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// WebSocket read buffer per dashboard connection: clients send only small control messages
+/// (a longer one takes several reads). tungstenite zero-fills this much on every poll of the
+/// socket, and a session is polled each time it is woken to send, so it is kept small.
+const WS_READ_BUFFER: usize = 1024;
 
 /// A client that passed the checks.
 struct Admitted {
