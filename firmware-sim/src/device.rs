@@ -481,8 +481,10 @@ async fn connect(
     let mut req = fleet.cfg.device_url().into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
+    // Acks and error frames are tens of bytes, and tungstenite zero-fills the whole read buffer
+    // on every poll of the socket.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0);
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
