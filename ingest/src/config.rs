@@ -86,6 +86,13 @@ pub struct Config {
     )]
     pub sqlite_synchronous: SyncMode,
 
+    /// Nice value (0-19) of the SQLite writer and checkpoint threads. Above 0, when the CPU is
+    /// busy a long commit yields to the threads that send live readings (lower live latency)
+    /// at some cost in ack latency; the writer still gets every idle cycle. Default 0: same
+    /// priority as the rest (BENCHMARKS.md has the trade-off measured at 19).
+    #[arg(long, env = "TELEMUX_STORAGE_NICE", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub storage_nice: i32,
+
     /// Writer: commit a batch once it holds this many readings. Under overload each commit
     /// rewrites one index page per (device, channel) series it touches, so a batch holding
     /// several frames per device costs the writer less per reading (a quarter of the default
@@ -368,6 +375,12 @@ impl Config {
                 });
             }
         }
+        if !(0..=19).contains(&self.storage_nice) {
+            return Err(ConfigError::Invalid {
+                key: "storage_nice",
+                reason: format!("{} is not a nice value from 0 to 19", self.storage_nice),
+            });
+        }
         if self.queue_max_bytes < self.max_frame_bytes {
             return Err(ConfigError::Invalid {
                 key: "queue_max_bytes",
@@ -508,6 +521,8 @@ mod tests {
         assert_eq!(c.sqlite_synchronous, SyncMode::Full);
         assert_eq!(c.ping_interval.0, Duration::from_secs(15));
         assert_eq!(c.missed_pongs, 2);
+        assert_eq!(c.listen_backlog, 4096);
+        assert_eq!(c.storage_nice, 0);
     }
 
     #[test]
@@ -535,6 +550,11 @@ mod tests {
         let (_d, path) = file("batch_max_rows = 0\n");
         let e = load(&["ingest", "--config", &path]).expect_err("range");
         assert!(e.to_string().contains("batch_max_rows"), "{e}");
+        let (_d, path) = file("storage_nice = 20\n");
+        let e = load(&["ingest", "--config", &path]).expect_err("nice range");
+        assert!(e.to_string().contains("storage_nice"), "{e}");
+        let e = load(&["ingest", "--storage-nice", "20"]).expect_err("flag range");
+        assert!(e.to_string().contains("storage-nice"), "{e}");
         let (_d, path) = file("ping_interval = \"soon\"\n");
         let e = load(&["ingest", "--config", &path]).expect_err("bad duration");
         assert!(

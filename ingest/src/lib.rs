@@ -84,6 +84,7 @@ pub async fn open(
             config::SyncMode::Full => store::sqlite::Synchronous::Full,
             config::SyncMode::Normal => store::sqlite::Synchronous::Normal,
         },
+        writer_nice: config.storage_nice,
         ..Default::default()
     };
     let store =

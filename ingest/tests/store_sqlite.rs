@@ -554,3 +554,63 @@ fn thread_cpu_secs(name: &str) -> f64 {
     }
     ticks as f64 / 100.0 // USER_HZ
 }
+
+/// Nice values of this process's threads named `name` (Linux: /proc/self/task/*/stat, field 19).
+#[cfg(target_os = "linux")]
+fn thread_nice_values(name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ..." : comm may hold spaces, so split after the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if &stat[open + 1..close] != name {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // After "(comm)": state is field 3, so nice (field 19) is index 16.
+        if let Some(nice) = fields.get(16).and_then(|f| f.parse().ok()) {
+            out.push(nice);
+        }
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn writer_and_checkpoint_threads_run_at_the_configured_nice_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(
+        &dir.path().join(DB_FILE),
+        SqliteOptions {
+            writer_nice: 7,
+            ..Default::default()
+        },
+    )
+    .expect("open");
+    store
+        .write_batch(frames_batch(1, 1, 1, 1))
+        .await
+        .expect("write");
+    // Other tests of this binary run stores at nice 0 meanwhile; ours are the ones at 7.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let writer = thread_nice_values("sqlite-writer");
+        let checkpoint = thread_nice_values("sqlite-checkpoi");
+        if writer.contains(&7) && checkpoint.contains(&7) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writer threads at {writer:?}, checkpoint threads at {checkpoint:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    store.close().await.expect("close");
+}

@@ -99,6 +99,10 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Read-only connections serving queries concurrently (default 2; at least 1 is opened).
     pub read_connections: usize,
+    /// Nice value (0-19) of the writer and checkpoint threads. Above 0 they yield the CPU to
+    /// the network and live threads when the machine is busy, so acks and live readings are not
+    /// delayed behind a long commit; the writer still gets every idle cycle. Default 0.
+    pub writer_nice: i32,
 }
 
 impl Default for SqliteOptions {
@@ -106,6 +110,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             synchronous: Synchronous::Full,
             read_connections: 2,
+            writer_nice: 0,
         }
     }
 }
@@ -150,10 +155,12 @@ impl SqliteStore {
         }
         let readers = Arc::new(ReadPool::new(conns));
         let (commands, receiver) = mpsc::channel(WRITER_QUEUE);
+        let nice = options.writer_nice;
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                let checkpointer = Checkpointer::spawn(checkpointer);
+                write::lower_priority(nice);
+                let checkpointer = Checkpointer::spawn(checkpointer, nice);
                 Writer::new(conn).run(receiver);
                 checkpointer.stop();
             })

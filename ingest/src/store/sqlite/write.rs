@@ -53,10 +53,11 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread on its own connection.
-    pub(super) fn spawn(conn: Connection) -> Checkpointer {
+    /// Starts the thread on its own connection, at nice value `nice`.
+    pub(super) fn spawn(conn: Connection, nice: i32) -> Checkpointer {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let run = move || {
+            lower_priority(nice);
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
                 let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
                 if let Err(e) = copied {
@@ -78,6 +79,30 @@ impl Checkpointer {
         drop(self.stop);
         if let Some(thread) = self.thread {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Gives the calling thread nice value `nice` (Linux: per thread). Lowering one's own priority
+/// needs no privilege; if it fails anyway the thread runs at normal priority, which is only
+/// slower for the other threads, so it is logged and ignored.
+pub(super) fn lower_priority(nice: i32) {
+    if nice <= 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+        let result = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+        };
+        if result != 0 {
+            tracing::warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "cannot lower the storage thread's priority"
+            );
         }
     }
 }
