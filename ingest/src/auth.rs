@@ -91,6 +91,11 @@ impl Claims {
     pub fn device_id(&self) -> Option<u64> {
         self.sub.strip_prefix("device:")?.parse().ok()
     }
+
+    /// The kind of subject (`device`, `operator`), named in wrong-kind errors.
+    pub fn kind(&self) -> &str {
+        self.sub.split(':').next().unwrap_or("unknown")
+    }
 }
 
 /// Mints and verifies tokens with one secret, and knows the current revocations.
@@ -214,12 +219,7 @@ impl Authority {
             Some(id) => Ok((id, claims)),
             None => Err(AuthError::WrongKind {
                 expected: "device",
-                found: claims
-                    .sub
-                    .split(':')
-                    .next()
-                    .unwrap_or("unknown")
-                    .to_string(),
+                found: claims.kind().to_string(),
             }),
         }
     }

@@ -79,12 +79,7 @@ pub fn authenticate(
             } else {
                 Err(AuthError::WrongKind {
                     expected: "operator",
-                    found: claims
-                        .sub
-                        .split(':')
-                        .next()
-                        .unwrap_or("unknown")
-                        .to_string(),
+                    found: claims.kind().to_string(),
                 })
             }
         })

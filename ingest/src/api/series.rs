@@ -351,6 +351,22 @@ impl Pager {
             .await
     }
 
+    /// Moves on to the next series, from its start.
+    fn next_series(&mut self) {
+        self.index += 1;
+        self.after = None;
+    }
+
+    /// After a fetch that asked for `want` rows and got `fetched`, ending at `last`: a short
+    /// fetch means this series is exhausted, otherwise the next fetch starts after `last`.
+    fn advance(&mut self, fetched: usize, want: u32, last: Option<&Row>) {
+        if (fetched as u32) < want {
+            self.next_series();
+        } else if let Some(last) = last {
+            self.after = Some((last.ts_us, last.seq));
+        }
+    }
+
     async fn next(&mut self) -> Result<Page, StoreError> {
         if let Some(end) = self.planned {
             return self.next_planned(end).await;
@@ -372,18 +388,12 @@ impl Pager {
                         after: self.after,
                     })));
                 }
-                self.index += 1;
-                self.after = None;
+                self.next_series();
                 continue;
             }
             let index = self.index;
             self.remaining -= rows.len() as u32;
-            if (rows.len() as u32) < want {
-                self.index += 1;
-                self.after = None;
-            } else if let Some(last) = rows.last() {
-                self.after = Some((last.ts_us, last.seq));
-            }
+            self.advance(rows.len(), want, rows.last());
             if !rows.is_empty() {
                 return Ok(Page::Rows(index, rows));
             }
@@ -413,11 +423,8 @@ impl Pager {
             let at_end = rows.len() < fetched || rows.last().map(|r| (r.ts_us, r.seq)) == upto;
             if upto.is_some() && at_end {
                 self.index = self.pairs.len(); // reached the planned end
-            } else if (fetched as u32) < PAGE_ROWS {
-                self.index += 1;
-                self.after = None;
-            } else if let Some(last) = rows.last() {
-                self.after = Some((last.ts_us, last.seq));
+            } else {
+                self.advance(fetched, PAGE_ROWS, rows.last());
             }
             if !rows.is_empty() {
                 return Ok(Page::Rows(index, rows));
