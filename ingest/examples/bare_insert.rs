@@ -8,18 +8,12 @@
 //! (SYNC: full|normal). Rows come frame by frame as devices send them: device `f % DEVICES`,
 //! channels `1..=CHANNELS`. Prints one JSON line `{"rows":..,"seconds":..,"rows_per_s":..}`.
 
+mod common;
+
 use std::time::Instant;
 
+use common::arg;
 use ingest::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore, Synchronous, configure_writer};
-
-fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> anyhow::Result<T> {
-    match args.get(i) {
-        Some(s) => s
-            .parse()
-            .map_err(|_| anyhow::anyhow!("argument {} ({s}) is not a number", i + 1)),
-        None => Ok(default),
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

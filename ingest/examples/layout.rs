@@ -19,9 +19,12 @@
 //! `cargo run --release -p ingest --example layout -- DEVICES CHANNELS PREFILL COMMIT_FRAMES FRAMES CHUNK_DEVICES SYNC`
 //! (defaults 1000 64 100 160 20000 5 full). Prints a Markdown table.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::arg;
 use ingest::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore, Synchronous, configure_writer};
 use rusqlite::{Connection, TransactionBehavior};
 
@@ -51,15 +54,6 @@ impl Shape {
         let seq = f / self.devices + 1;
         let ts_us = seq * 1_000_000 + device;
         out.extend((1..=self.channels).map(|c| (device, c, ts_us, seq, f as f64 * 0.5)));
-    }
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> anyhow::Result<T> {
-    match args.get(i) {
-        Some(s) => s
-            .parse()
-            .map_err(|_| anyhow::anyhow!("argument {} ({s}) is not a number", i + 1)),
-        None => Ok(default),
     }
 }
 
