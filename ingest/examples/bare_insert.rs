@@ -12,8 +12,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::arg;
-use ingest::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore, Synchronous, configure_writer};
+use common::{arg, store_connection};
+use ingest::store::sqlite::{DB_FILE, Synchronous};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,18 +30,7 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("telemux-bare-insert-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(DB_FILE);
-    tokio::runtime::Runtime::new()?.block_on(async {
-        let store = SqliteStore::open(
-            &path,
-            SqliteOptions {
-                synchronous,
-                ..Default::default()
-            },
-        )?;
-        store.close().await
-    })?;
-    let mut conn = rusqlite::Connection::open(&path)?;
-    configure_writer(&conn, synchronous).map_err(anyhow::Error::msg)?;
+    let mut conn = store_connection(&path, synchronous)?;
     let base_ts = ingest::now_us();
     let started = Instant::now();
     let mut done = 0u64;

@@ -24,8 +24,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::arg;
-use ingest::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore, Synchronous, configure_writer};
+use common::{arg, store_connection};
+use ingest::store::sqlite::{DB_FILE, Synchronous};
 use rusqlite::{Connection, TransactionBehavior};
 
 /// One reading as the store keeps it: (device, channel, ts_us, seq, value).
@@ -57,42 +57,44 @@ impl Shape {
     }
 }
 
-/// A new database with the store's schema, opened with the store's writer settings.
+/// A new database `dir/name/` with the store's schema and writer settings.
 fn open(dir: &Path, name: &str, synchronous: Synchronous) -> anyhow::Result<Connection> {
     let sub = dir.join(name);
     std::fs::create_dir_all(&sub)?;
-    let path = sub.join(DB_FILE);
-    tokio::runtime::Runtime::new()?.block_on(async {
-        SqliteStore::open(
-            &path,
-            SqliteOptions {
-                synchronous,
-                ..Default::default()
-            },
-        )?
-        .close()
-        .await
-    })?;
-    let conn = Connection::open(&path)?;
-    configure_writer(&conn, synchronous).map_err(anyhow::Error::msg)?;
-    Ok(conn)
+    store_connection(&sub.join(DB_FILE), synchronous)
 }
 
-/// Copies committed WAL pages into the database file every 50 ms (`wal_checkpoint(PASSIVE)`,
-/// as the store's checkpointer thread does) until `stop` is dropped.
-fn checkpointer(
-    dir: &Path,
-    name: &str,
-    stop: std::sync::mpsc::Receiver<()>,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let conn = Connection::open(dir.join(name).join(DB_FILE))?;
-    Ok(std::thread::spawn(move || {
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-            stop.recv_timeout(Duration::from_millis(50))
-        {
-            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-        }
-    }))
+/// A thread copying committed WAL pages into the database file every 50 ms
+/// (`wal_checkpoint(PASSIVE)`), as the store's checkpointer thread does.
+struct Checkpointer {
+    /// Dropped to stop the thread.
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the database that `conn` has open, on a connection of its own.
+    fn start(conn: &Connection) -> anyhow::Result<Checkpointer> {
+        let path = conn
+            .path()
+            .ok_or_else(|| anyhow::anyhow!("the database has no file to checkpoint"))?;
+        let own = Connection::open(path)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_millis(50))
+            {
+                let _ = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        });
+        Ok(Checkpointer { stop, thread })
+    }
+
+    /// Stops the thread and waits for it.
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
 }
 
 /// Inserts `rows` with `sql` in one transaction.
@@ -196,8 +198,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut direct = open(&dir, "direct", synchronous)?;
     prefill(&mut direct, &shape, prefill_per_device)?;
-    let (stop, stopped) = std::sync::mpsc::channel();
-    let copier = checkpointer(&dir, "direct", stopped)?;
+    let copier = Checkpointer::start(&direct)?;
     let direct_time = stream(
         &mut direct,
         &shape,
@@ -205,15 +206,13 @@ fn main() -> anyhow::Result<()> {
         INSERT,
         true,
     )?;
-    drop(stop);
-    let _ = copier.join();
+    copier.stop();
     drop(direct);
 
     let mut staged = open(&dir, "staging", synchronous)?;
     prefill(&mut staged, &shape, prefill_per_device)?;
     staged.execute_batch(STAGING_SCHEMA)?;
-    let (stop, stopped) = std::sync::mpsc::channel();
-    let copier = checkpointer(&dir, "staging", stopped)?;
+    let copier = Checkpointer::start(&staged)?;
     let append_time = stream(
         &mut staged,
         &shape,
@@ -222,8 +221,7 @@ fn main() -> anyhow::Result<()> {
         false,
     )?;
     let (move_time, longest) = move_staged(&mut staged, shape.devices, chunk)?;
-    drop(stop);
-    let _ = copier.join();
+    copier.stop();
     let moved: i64 = staged.query_row("SELECT count(*) FROM readings", [], |r| r.get(0))?;
     drop(staged);
     let _ = std::fs::remove_dir_all(&dir);

@@ -10,3 +10,27 @@ pub fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> anyho
         None => Ok(default),
     }
 }
+
+/// A new database at `path` with the store's schema (created by `SqliteStore::open`), opened on
+/// a connection with the store's own writer settings, so a benchmark measures SQLite exactly as
+/// the store configures it.
+pub fn store_connection(
+    path: &std::path::Path,
+    synchronous: ingest::store::sqlite::Synchronous,
+) -> anyhow::Result<rusqlite::Connection> {
+    use ingest::store::sqlite::{SqliteOptions, SqliteStore, configure_writer};
+    tokio::runtime::Runtime::new()?.block_on(async {
+        SqliteStore::open(
+            path,
+            SqliteOptions {
+                synchronous,
+                ..Default::default()
+            },
+        )?
+        .close()
+        .await
+    })?;
+    let conn = rusqlite::Connection::open(path)?;
+    configure_writer(&conn, synchronous).map_err(anyhow::Error::msg)?;
+    Ok(conn)
+}
