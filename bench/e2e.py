@@ -96,8 +96,8 @@ class Server:
         """(rows, distinct (device, seq, channel)) in the stopped server's database."""
         db = sqlite3.connect(os.path.join(self.dir, "telemux.sqlite3"))
         try:
-            rows = db.execute("SELECT count(*) FROM readings").fetchone()[0]
-            distinct = db.execute("SELECT count(*) FROM (SELECT DISTINCT device_id, seq, channel FROM readings)").fetchone()[0]
+            rows = db.execute("SELECT count(*) FROM stored_readings").fetchone()[0]
+            distinct = db.execute("SELECT count(*) FROM (SELECT DISTINCT device_id, seq, channel FROM stored_readings)").fetchone()[0]
         finally:
             db.close()
         return rows, distinct

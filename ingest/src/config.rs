@@ -93,6 +93,17 @@ pub struct Config {
     #[arg(long, env = "TELEMUX_STORAGE_NICE", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub storage_nice: i32,
 
+    /// Store: readings a staging table takes before the writer moves it into series order
+    /// (README "Sizing the embedded store"). Larger: fewer, cheaper-per-reading moves, and more
+    /// staged rows for a query to scan per device.
+    #[arg(long, env = "TELEMUX_STAGING_ROWS", default_value_t = 1_000_000)]
+    pub staging_rows: u64,
+
+    /// Store: longest a staging table keeps readings before it is moved, if the row limit is not
+    /// reached first (a quiet fleet).
+    #[arg(long, env = "TELEMUX_STAGING_MAX_AGE", default_value = "10s")]
+    pub staging_max_age: HumanDuration,
+
     /// Writer: commit a batch once it holds this many readings. Under overload each commit
     /// rewrites one index page per (device, channel) series it touches, so a batch holding
     /// several frames per device costs the writer less per reading (a quarter of the default
@@ -355,6 +366,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("batch_max_rows", self.batch_max_rows),
+            ("staging_rows", self.staging_rows as usize),
             ("queue_max_frames", self.queue_max_frames),
             ("max_connections", self.max_connections),
             ("listen_backlog", self.listen_backlog as usize),
@@ -523,6 +535,8 @@ mod tests {
         assert_eq!(c.missed_pongs, 2);
         assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.storage_nice, 0);
+        assert_eq!(c.staging_rows, 1_000_000);
+        assert_eq!(c.staging_max_age.0, Duration::from_secs(10));
     }
 
     #[test]
@@ -550,6 +564,8 @@ mod tests {
         let (_d, path) = file("batch_max_rows = 0\n");
         let e = load(&["ingest", "--config", &path]).expect_err("range");
         assert!(e.to_string().contains("batch_max_rows"), "{e}");
+        let e = load(&["ingest", "--staging-rows", "0"]).expect_err("staging rows");
+        assert!(e.to_string().contains("staging_rows"), "{e}");
         let (_d, path) = file("storage_nice = 20\n");
         let e = load(&["ingest", "--config", &path]).expect_err("nice range");
         assert!(e.to_string().contains("storage_nice"), "{e}");

@@ -85,6 +85,11 @@ pub async fn open(
             config::SyncMode::Normal => store::sqlite::Synchronous::Normal,
         },
         writer_nice: config.storage_nice,
+        staging: store::sqlite::StagingLimits {
+            rows: config.staging_rows,
+            age: config.staging_max_age.0,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let store =

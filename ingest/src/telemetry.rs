@@ -41,6 +41,12 @@ pub const COMMIT_ERRORS: &str = "telemux_writer_commit_errors_total";
 pub const QUEUE_FRAMES: &str = "telemux_writer_queue_frames";
 /// Bytes of frames waiting for the writer (gauge).
 pub const QUEUE_BYTES: &str = "telemux_writer_queue_bytes";
+/// Readings in the staging table batches append to, not yet moved into series order (gauge).
+pub const STAGED_READINGS: &str = "telemux_store_staged_readings";
+/// Readings moved from staging into series order (counter).
+pub const MOVED_READINGS: &str = "telemux_store_moved_readings_total";
+/// Seconds per move transaction: how long a move step holds the write lock (histogram).
+pub const MOVE_SECONDS: &str = "telemux_store_move_seconds";
 /// Readings deleted by the retention job (counter).
 pub const RETENTION_DELETED: &str = "telemux_retention_deleted_total";
 
@@ -70,10 +76,11 @@ const ZERO_COUNTERS: &[&str] = &[
     IDLE_CLOSED,
     ROWS_STORED,
     COMMIT_ERRORS,
+    MOVED_READINGS,
     RETENTION_DELETED,
 ];
 /// Gauges exported (at 0) before their first update.
-const ZERO_GAUGES: &[&str] = &[CONNECTIONS, QUEUE_FRAMES, QUEUE_BYTES];
+const ZERO_GAUGES: &[&str] = &[CONNECTIONS, QUEUE_FRAMES, QUEUE_BYTES, STAGED_READINGS];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -89,6 +96,12 @@ pub fn handle() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(COMMIT_SECONDS.into()),
+                        COMMIT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(MOVE_SECONDS.into()),
                         COMMIT_BUCKETS,
                     )
                 });

@@ -7,14 +7,42 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ingest::dedup::DedupWindow;
-use ingest::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore, Synchronous};
+use ingest::store::sqlite::{DB_FILE, SqliteOptions, SqliteStore, StagingLimits, Synchronous};
 use ingest::store::{RangeQuery, Revocation, Row, Store, StoreError, WriteBatch, conformance};
 
 fn open(dir: &Path) -> SqliteStore {
     SqliteStore::open(&dir.join(DB_FILE), SqliteOptions::default()).expect("open store")
+}
+
+/// Staging limits that hand every few batches to the mover and move a few devices per step, so
+/// reads meet readings in `readings`, in the moving table and in the appending one at once.
+const CHURN: StagingLimits = StagingLimits {
+    rows: 7,
+    age: Duration::from_secs(3600),
+    move_rows: 5,
+};
+
+fn open_churning(dir: &Path) -> SqliteStore {
+    let options = SqliteOptions {
+        staging: CHURN,
+        ..Default::default()
+    };
+    SqliteStore::open(&dir.join(DB_FILE), options).expect("open store")
+}
+
+/// Read straight from the file: (readings in `readings`, every stored reading through the
+/// `stored_readings` view, whether a move is part-way through a staging table).
+fn stored_counts(path: &Path) -> (i64, i64, bool) {
+    let conn = rusqlite::Connection::open(path).expect("open file");
+    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).expect(sql);
+    (
+        count("SELECT count(*) FROM readings"),
+        count("SELECT count(*) FROM stored_readings"),
+        count("SELECT count(*) FROM staging_state WHERE moved_through IS NOT NULL") > 0,
+    )
 }
 
 fn reading(device_id: u64, channel: u16, ts_us: i64, seq: u64) -> Row {
@@ -67,6 +95,86 @@ async fn sqlite_store_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open(dir.path());
     conformance::run_all(&store).await;
+    store.close().await.expect("close");
+}
+
+/// The same behaviour while staged readings move into `readings` between every few commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_holds_while_staged_readings_move() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_churning(dir.path());
+    conformance::run_all(&store).await;
+    store.close().await.expect("close");
+    let (moved, stored, _) = stored_counts(&dir.path().join(DB_FILE));
+    assert!(moved > 0, "nothing was moved into readings");
+    assert!(
+        stored > moved,
+        "nothing left staged: the reads never met staged rows"
+    );
+}
+
+/// Closing in the middle of a move and reopening moves the rest exactly once: every reading is
+/// stored once, whichever table it was in when the store closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_interrupted_by_close_finishes_exactly_once() {
+    const DEVICES: u64 = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(DB_FILE);
+    // Three batches fill the appending table; a one-reading batch hands it to the mover, which
+    // then moves one device (and fsyncs) per step: the close comes long before the last step.
+    let options = SqliteOptions {
+        staging: StagingLimits {
+            rows: 3 * DEVICES * 2,
+            age: Duration::from_secs(3600),
+            move_rows: 1,
+        },
+        ..Default::default()
+    };
+    let store = SqliteStore::open(&path, options.clone()).expect("open");
+    for seq in 1..=3 {
+        store
+            .write_batch(frames_batch(DEVICES, 1, 2, seq))
+            .await
+            .expect("write");
+    }
+    let mut last = frames_batch(1, 1, 1, 4);
+    last.dedup.clear();
+    store.write_batch(last).await.expect("write");
+    store.close().await.expect("close");
+    let (moved, stored, mid_move) = stored_counts(&path);
+    let total = (3 * DEVICES * 2 + 1) as i64;
+    assert_eq!(stored, total, "every reading stored once");
+    assert!(
+        mid_move && moved > 0,
+        "expected a close mid-move ({moved} moved)"
+    );
+
+    let store = SqliteStore::open(&path, options).expect("reopen");
+    for d in [1, DEVICES / 2, DEVICES] {
+        for c in 0..2 {
+            let seqs: Vec<u64> = series(&store, d, c).await.iter().map(|r| r.seq).collect();
+            let want: Vec<u64> = if d == 1 && c == 0 {
+                vec![1, 2, 3, 4]
+            } else {
+                vec![1, 2, 3]
+            };
+            assert_eq!(seqs, want, "device {d} channel {c}");
+        }
+    }
+    // The writer finishes the move on its own; pings prove it serves commands meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored_counts(&path).2 && Instant::now() < deadline {
+        store.ping().await.expect("ping");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (moved, stored, mid_move) = stored_counts(&path);
+    assert!(!mid_move, "the move did not finish");
+    assert_eq!(
+        moved,
+        total - 1,
+        "all but the appending table's reading moved"
+    );
+    assert_eq!(stored, total, "nothing moved twice or lost");
     store.close().await.expect("close");
 }
 
@@ -194,10 +302,8 @@ async fn reopening_migrates_once_and_newer_schema_is_refused() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("version");
     assert_eq!(version, ingest::store::sqlite::MIGRATIONS.len() as i64);
-    let rows: i64 = sql
-        .query_row("SELECT count(*) FROM readings", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(rows, 3, "data kept across reopenings");
+    let (_, stored, _) = stored_counts(&path);
+    assert_eq!(stored, 3, "data kept across reopenings");
     let mode: String = sql
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
         .expect("mode");
@@ -220,10 +326,24 @@ async fn reopening_migrates_once_and_newer_schema_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_see_whole_batches_while_the_writer_commits() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    reads_see_whole_batches(open(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_whole_batches_while_staged_readings_move() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    reads_see_whole_batches(open_churning(dir.path())).await;
+    let (moved, _, _) = stored_counts(&dir.path().join(DB_FILE));
+    assert!(moved > 0, "nothing was moved into readings");
+}
+
+/// Three readers never see part of a batch, a reading twice or rows going away while `store`
+/// commits 40 batches of one series.
+async fn reads_see_whole_batches(store: SqliteStore) {
     const BATCHES: u64 = 40;
     const ROWS: u64 = 500;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(open(dir.path()));
+    let store = Arc::new(store);
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -248,7 +368,12 @@ async fn reads_see_whole_batches_while_the_writer_commits() {
             let mut last = 0;
             let mut reads = 0;
             while last < (BATCHES * ROWS) as usize {
-                let n = series(store.as_ref(), 7, 0).await.len();
+                let rows = series(store.as_ref(), 7, 0).await;
+                let n = rows.len();
+                assert!(
+                    rows.windows(2).all(|w| w[0].ts_us < w[1].ts_us),
+                    "a read saw a reading twice or out of order"
+                );
                 assert_eq!(
                     n % ROWS as usize,
                     0,
@@ -461,8 +586,14 @@ async fn kill9_child() {
     let Some(path) = std::env::var_os(CHILD_DB) else {
         return;
     };
+    // Staged readings move every few batches, so the kill also lands in a move.
     let options = SqliteOptions {
         synchronous: Synchronous::Normal,
+        staging: StagingLimits {
+            rows: 3 * CHILD_ROWS,
+            age: Duration::from_secs(3600),
+            move_rows: 1,
+        },
         ..Default::default()
     };
     let store = SqliteStore::open(Path::new(&path), options).expect("open");

@@ -71,7 +71,7 @@ impl Server {
         let db =
             rusqlite::Connection::open(self.dir.path().join("telemux.sqlite3")).expect("open db");
         let mut stmt = db
-            .prepare("SELECT device_id, seq, count(*) FROM readings GROUP BY device_id, seq ORDER BY device_id, seq")
+            .prepare("SELECT device_id, seq, count(*) FROM stored_readings GROUP BY device_id, seq ORDER BY device_id, seq")
             .expect("prepare");
         stmt.query_map([], |r| {
             Ok((
@@ -90,7 +90,7 @@ impl Server {
         let db = rusqlite::Connection::open(Path::new(&self.dir.path().join("telemux.sqlite3")))
             .expect("open db");
         let mut stmt = db
-            .prepare("SELECT device_id, count(*) FROM readings GROUP BY device_id")
+            .prepare("SELECT device_id, count(*) FROM stored_readings GROUP BY device_id")
             .expect("prepare");
         stmt.query_map([], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))

@@ -108,7 +108,7 @@ impl TestServer {
     pub fn stored(&self, device_id: u64) -> Vec<(u64, u16, i64, f64)> {
         let db = self.db();
         let mut stmt = db
-            .prepare("SELECT seq, channel, ts_us, value FROM readings WHERE device_id = ?1 ORDER BY seq, channel, ts_us")
+            .prepare("SELECT seq, channel, ts_us, value FROM stored_readings WHERE device_id = ?1 ORDER BY seq, channel, ts_us")
             .expect("prepare");
         stmt.query_map([device_id as i64], |r| {
             Ok((

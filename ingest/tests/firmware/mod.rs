@@ -127,7 +127,7 @@ pub fn assert_exactly_once(device_id: u64, stored: &[Row], expected: &[Row], wha
 /// Readings and distinct frames of `device_id` with sequence <= `upto` readable in the store now.
 pub fn readable_upto(db: &rusqlite::Connection, device_id: u64, upto: u64) -> (u64, u64) {
     db.query_row(
-        "SELECT COUNT(*), COUNT(DISTINCT seq) FROM readings WHERE device_id = ?1 AND seq <= ?2",
+        "SELECT COUNT(*), COUNT(DISTINCT seq) FROM stored_readings WHERE device_id = ?1 AND seq <= ?2",
         [device_id as i64, upto as i64],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
     )
@@ -139,7 +139,7 @@ pub fn stored_in(db_path: &std::path::Path, device_id: u64) -> Vec<Row> {
     let db = rusqlite::Connection::open(db_path).expect("open db");
     let mut stmt = db
         .prepare(
-            "SELECT seq, channel, ts_us, value FROM readings WHERE device_id = ?1 \
+            "SELECT seq, channel, ts_us, value FROM stored_readings WHERE device_id = ?1 \
              ORDER BY seq, channel, ts_us",
         )
         .expect("prepare");

@@ -37,6 +37,7 @@
 mod read;
 mod retention;
 mod schema;
+mod stage;
 mod write;
 
 use std::path::Path;
@@ -55,6 +56,7 @@ use super::{
 use crate::dedup::DedupWindow;
 use read::{Lane, ReadPool};
 pub use schema::{MIGRATIONS, configure_writer};
+pub use stage::StagingLimits;
 use write::{Checkpointer, Command, Writer};
 
 /// Name of the database file in the data directory (plus its `-wal` and `-shm` companions).
@@ -103,6 +105,8 @@ pub struct SqliteOptions {
     /// the network and live threads when the machine is busy, so acks and live readings are not
     /// delayed behind a long commit; the writer still gets every idle cycle. Default 0.
     pub writer_nice: i32,
+    /// When staged readings are moved into series order (see [`StagingLimits`]).
+    pub staging: StagingLimits,
 }
 
 impl Default for SqliteOptions {
@@ -111,6 +115,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Full,
             read_connections: 2,
             writer_nice: 0,
+            staging: StagingLimits::default(),
         }
     }
 }
@@ -143,6 +148,8 @@ impl SqliteStore {
             .and_then(|v| schema::known_version(v).map_err(open_error))?;
         configure_writer(&conn, options.synchronous).map_err(open_error)?;
         schema::migrate(&mut conn).map_err(open_error)?;
+        let stage = stage::Stage::load(&conn, options.staging)
+            .map_err(|e| open_error(format!("cannot read the staging state: {e}")))?;
         let checkpointer = Connection::open(path)
             .and_then(|c| schema::configure_checkpointer(&c, options.synchronous).map(|()| c))
             .map_err(|e| open_error(format!("checkpoint connection: {e}")))?;
@@ -161,7 +168,7 @@ impl SqliteStore {
             .spawn(move || {
                 write::lower_priority(nice);
                 let checkpointer = Checkpointer::spawn(checkpointer, nice);
-                Writer::new(conn).run(receiver);
+                Writer::new(conn, stage).run(receiver);
                 checkpointer.stop();
             })
             .map_err(|e| open_error(format!("cannot start writer thread: {e}")))?;

@@ -2,34 +2,152 @@
 //! WAL gives each statement the last committed snapshot, whatever the writer is doing.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::stage::TABLES;
 use super::{db, from_sql};
 use crate::dedup::DedupWindow;
 use crate::store::{
     Agg, AggQuery, Bucket, DeviceInfo, Latest, RangeQuery, Revocation, Row, StoreError,
 };
 
-/// Readings of one series in a time range, oldest first.
-const RANGE: &str = "SELECT ts_us, seq, quality, value FROM readings \
-     WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
-     ORDER BY ts_us, seq LIMIT ?5";
-/// `?3` is the later of `from_us` and the cursor's time, so the index scan starts at the cursor.
-const RANGE_AFTER: &str = "SELECT ts_us, seq, quality, value FROM readings \
-     WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
-     AND (ts_us, seq) > (?6, ?7) ORDER BY ts_us, seq LIMIT ?5";
-/// `RANGE` / `RANGE_AFTER` without the values: answered from the `readings_series` index alone.
-const RANGE_KEYS: &str = "SELECT ts_us, seq FROM readings \
-     WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
-     ORDER BY ts_us, seq LIMIT ?5";
-const RANGE_KEYS_AFTER: &str = "SELECT ts_us, seq FROM readings \
-     WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4 \
-     AND (ts_us, seq) > (?6, ?7) ORDER BY ts_us, seq LIMIT ?5";
+/// `SELECT {columns} FROM readings WHERE {filter}`, then the same over the visible rows of both
+/// staging tables (see `stage`), joined by `UNION ALL`: one statement, so one snapshot. The
+/// filter must fix `device_id = ?1`. In `columns`, `SRC` stands for the source's write order
+/// (`readings` 0, a staging table its `gen`) and `RID` for the rowid within it.
+fn readings_and_staged(columns: &str, filter: &str) -> String {
+    let mut sql = format!(
+        "SELECT {} FROM readings WHERE {filter}",
+        columns.replace("SRC", "0").replace("RID", "rowid")
+    );
+    for table in TABLES {
+        sql.push_str(" UNION ALL ");
+        sql.push_str(&staged(table, columns, filter));
+    }
+    sql
+}
 
-/// The next channel (after `?2`) of a device that has readings: one index seek.
+/// `SELECT {columns} FROM {table} WHERE {filter}` over the rows of device `?1` that the move has
+/// not reached yet (`readings_and_staged` tells what `SRC` and `RID` stand for).
+fn staged(table: &str, columns: &str, filter: &str) -> String {
+    let state = format!("FROM staging_state WHERE name = '{table}'");
+    format!(
+        "SELECT {} FROM {table} WHERE {filter} \
+         AND (SELECT coalesce(?1 > moved_through, 1) {state})",
+        columns
+            .replace("SRC", &format!("(SELECT gen {state})"))
+            .replace("RID", "rowid")
+    )
+}
+
+/// Every statement that reads readings, built once.
+struct Statements {
+    /// Readings of one series in a time range, oldest first (`?5` rows at most).
+    range: String,
+    /// `range` after the cursor `(?6, ?7)`; `?3` is the later of `from_us` and the cursor's
+    /// time, so the index scan starts at the cursor.
+    range_after: String,
+    /// `range` / `range_after` without the values: answered from the indexes alone.
+    range_keys: String,
+    /// `range_after` without the values.
+    range_keys_after: String,
+    /// One aggregate statement per [`Agg`], in the enum's order.
+    aggregates: [String; 7],
+    /// The staged readings of device `?1`, with their write order (for `latest`).
+    staged_of_device: String,
+}
+
+const SERIES: &str = "device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4";
+const AFTER: &str = " AND (ts_us, seq) > (?6, ?7)";
+/// Bucket start `b` of a reading: the floor of `ts_us / step` times step (SQL `%` truncates
+/// toward zero, so negative times step back once).
+const BUCKET: &str = "ts_us - ts_us % ?5 - (CASE WHEN ts_us % ?5 < 0 THEN ?5 ELSE 0 END) AS b";
+
+impl Statements {
+    fn build() -> Statements {
+        let ordered = |columns: &str, filter: &str| {
+            format!(
+                "{} ORDER BY 1, 2 LIMIT ?5",
+                readings_and_staged(columns, filter)
+            )
+        };
+        let readings = format!(
+            "({})",
+            readings_and_staged("ts_us, seq, value, SRC AS src, RID AS rid", SERIES)
+        );
+        let grouped = |agg: &str| {
+            format!(
+                "SELECT b, {agg}, count(*) FROM (SELECT {BUCKET}, value FROM {readings}) GROUP BY b ORDER BY b"
+            )
+        };
+        let ranked = |order: &str| {
+            format!(
+                "SELECT b, value, n FROM (SELECT b, value, \
+                 row_number() OVER (PARTITION BY b ORDER BY {order}) AS rn, \
+                 count(*) OVER (PARTITION BY b) AS n FROM \
+                 (SELECT {BUCKET}, ts_us, seq, src, rid, value FROM {readings})) \
+                 WHERE rn = 1 ORDER BY b"
+            )
+        };
+        let aggregate = |agg: Agg| match agg {
+            Agg::Avg => grouped("avg(value)"),
+            Agg::Min => grouped("min(value)"),
+            Agg::Max => grouped("max(value)"),
+            Agg::Sum => grouped("sum(value)"),
+            Agg::Count => grouped("count(*)"),
+            Agg::First => ranked("ts_us, seq, src, rid"),
+            Agg::Last => ranked("ts_us DESC, seq DESC, src DESC, rid DESC"),
+        };
+        let staged_of_device = TABLES
+            .iter()
+            .map(|t| {
+                staged(
+                    t,
+                    "channel, ts_us, value, quality, SRC, RID",
+                    "device_id = ?1",
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        Statements {
+            range: ordered("ts_us, seq, quality, value", SERIES),
+            range_after: ordered("ts_us, seq, quality, value", &format!("{SERIES}{AFTER}")),
+            range_keys: ordered("ts_us, seq", SERIES),
+            range_keys_after: ordered("ts_us, seq", &format!("{SERIES}{AFTER}")),
+            aggregates: [
+                Agg::Avg,
+                Agg::Min,
+                Agg::Max,
+                Agg::Sum,
+                Agg::Count,
+                Agg::First,
+                Agg::Last,
+            ]
+            .map(aggregate),
+            staged_of_device,
+        }
+    }
+
+    fn aggregate(&self, agg: Agg) -> &str {
+        let i = match agg {
+            Agg::Avg => 0,
+            Agg::Min => 1,
+            Agg::Max => 2,
+            Agg::Sum => 3,
+            Agg::Count => 4,
+            Agg::First => 5,
+            Agg::Last => 6,
+        };
+        &self.aggregates[i]
+    }
+}
+
+static STATEMENTS: LazyLock<Statements> = LazyLock::new(Statements::build);
+
+/// The next channel (after `?2`) of a device that has readings in `readings`: one index seek.
 pub(super) const NEXT_CHANNEL: &str = "SELECT channel FROM readings \
      WHERE device_id = ?1 AND channel > ?2 ORDER BY channel LIMIT 1";
 /// The series after `(?1, ?2)` that has readings, in index order: one index seek.
@@ -38,8 +156,8 @@ pub(super) const NEXT_SERIES: &str = "SELECT device_id, channel FROM readings \
 /// The first series that has readings.
 pub(super) const FIRST_SERIES: &str =
     "SELECT device_id, channel FROM readings ORDER BY device_id, channel LIMIT 1";
-/// The newest reading of a series: the greatest `ts_us`, of equal times the later write (the
-/// greater rowid; rowids only grow while newer rows exist). Two seeks into the index.
+/// The newest reading of a series in `readings`: the greatest `ts_us`, of equal times the later
+/// write (the greater rowid; rowids only grow while newer rows exist). Two seeks into the index.
 pub(super) const NEWEST_IN_SERIES: &str = "SELECT ts_us, value, quality FROM readings \
      WHERE device_id = ?1 AND channel = ?2 AND ts_us = \
      (SELECT max(ts_us) FROM readings WHERE device_id = ?1 AND channel = ?2) \
@@ -47,58 +165,6 @@ pub(super) const NEWEST_IN_SERIES: &str = "SELECT ts_us, value, quality FROM rea
 /// What retention kept of each series' newest reading (see the module doc).
 const LATEST_KEPT: &str =
     "SELECT channel, ts_us, value, quality FROM latest WHERE device_id = ?1 ORDER BY channel";
-
-/// Readings of the query's series in its range with their bucket start `b`, the floor of
-/// `ts_us / step` times step (SQL `%` truncates toward zero, so negative times step back once).
-macro_rules! bucketed {
-    ($columns:literal) => {
-        concat!(
-            "SELECT ",
-            $columns,
-            " FROM readings WHERE device_id = ?1 AND channel = ?2 AND ts_us >= ?3 AND ts_us < ?4"
-        )
-    };
-}
-macro_rules! grouped {
-    ($agg:literal) => {
-        concat!(
-            "SELECT b, ",
-            $agg,
-            ", count(*) FROM (",
-            bucketed!(
-                "ts_us - ts_us % ?5 - (CASE WHEN ts_us % ?5 < 0 THEN ?5 ELSE 0 END) AS b, value"
-            ),
-            ") GROUP BY b ORDER BY b"
-        )
-    };
-}
-macro_rules! ranked {
-    ($order:literal) => {
-        concat!(
-            "SELECT b, value, n FROM (SELECT b, value, ",
-            "row_number() OVER (PARTITION BY b ORDER BY ",
-            $order,
-            ") AS rn, count(*) OVER (PARTITION BY b) AS n FROM (",
-            bucketed!(
-                "ts_us - ts_us % ?5 - (CASE WHEN ts_us % ?5 < 0 THEN ?5 ELSE 0 END) AS b, \
-                 ts_us, seq, rowid AS rid, value"
-            ),
-            ")) WHERE rn = 1 ORDER BY b"
-        )
-    };
-}
-
-fn aggregate_sql(agg: Agg) -> &'static str {
-    match agg {
-        Agg::Avg => grouped!("avg(value)"),
-        Agg::Min => grouped!("min(value)"),
-        Agg::Max => grouped!("max(value)"),
-        Agg::Sum => grouped!("sum(value)"),
-        Agg::Count => grouped!("count(*)"),
-        Agg::First => ranked!("ts_us, seq, rid"),
-        Agg::Last => ranked!("ts_us DESC, seq DESC, rid DESC"),
-    }
-}
 
 /// Read-only connections handed out one query at a time.
 pub(super) struct ReadPool {
@@ -255,13 +321,16 @@ pub(super) fn newest_in_series(
         .optional()
 }
 
-/// Newest reading per channel of a device: from the index, or what retention kept in `latest`
-/// when that is newer. The index is read first: retention copies a newest reading into `latest`
-/// before (in the same transaction as) deleting it, so a reading deleted between the two steps
-/// is found in `latest`.
+/// Newest reading per channel of a device: the newest of the index's (one seek per channel),
+/// the staged readings' (see `stage`), and what retention kept in `latest`. Of equal times the
+/// later write wins: staged over `readings` (a staged reading was written after every reading
+/// of its device already moved), both over `latest`. The index is read first: retention copies
+/// a newest reading into `latest` before (in the same transaction as) deleting it, so a reading
+/// deleted between the two steps is found in `latest`.
 pub(super) fn latest(conn: &Connection, device_id: u64) -> Result<Vec<Latest>, StoreError> {
     let d = device_id as i64;
-    let mut newest = BTreeMap::new();
+    // Channel -> (newest reading, its write order: source, rowid).
+    let mut newest: BTreeMap<u16, (Latest, (i64, i64))> = BTreeMap::new();
     let mut next = conn.prepare_cached(NEXT_CHANNEL).map_err(db)?;
     let mut after = -1i64;
     while let Some(channel) = next
@@ -270,9 +339,28 @@ pub(super) fn latest(conn: &Connection, device_id: u64) -> Result<Vec<Latest>, S
         .map_err(db)?
     {
         if let Some(l) = newest_in_series(conn, d, channel).map_err(db)? {
-            newest.insert(l.channel, l);
+            newest.insert(l.channel, (l, (0, 0)));
         }
         after = channel;
+    }
+    let mut staged = conn
+        .prepare_cached(&STATEMENTS.staged_of_device)
+        .map_err(db)?;
+    let mut rows = staged.query([d]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        let l = Latest {
+            channel: r.get(0).map_err(db)?,
+            ts_us: r.get(1).map_err(db)?,
+            value: from_sql(r.get(2).map_err(db)?),
+            quality: r.get(3).map_err(db)?,
+        };
+        let order: (i64, i64) = (r.get(4).map_err(db)?, r.get(5).map_err(db)?);
+        match newest.get(&l.channel) {
+            Some((n, o)) if (n.ts_us, *o) > (l.ts_us, order) => {}
+            _ => {
+                newest.insert(l.channel, (l, order));
+            }
+        }
     }
     let mut kept = conn.prepare_cached(LATEST_KEPT).map_err(db)?;
     let rows = kept
@@ -287,20 +375,21 @@ pub(super) fn latest(conn: &Connection, device_id: u64) -> Result<Vec<Latest>, S
         .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
         .map_err(db)?;
     for l in rows {
-        // Equal times: the index's reading is the later write.
+        // Equal times: the index's or the staged reading is the later write.
         match newest.get(&l.channel) {
-            Some(n) if n.ts_us >= l.ts_us => {}
+            Some((n, _)) if n.ts_us >= l.ts_us => {}
             _ => {
-                newest.insert(l.channel, l);
+                newest.insert(l.channel, (l, (-1, 0)));
             }
         }
     }
-    Ok(newest.into_values().collect())
+    Ok(newest.into_values().map(|(l, _)| l).collect())
 }
 
 /// Raw readings of one series, oldest first.
 pub(super) fn range(conn: &Connection, q: RangeQuery) -> Result<Vec<Row>, StoreError> {
-    range_with(conn, q, (RANGE, RANGE_AFTER), |r| {
+    let sql = &*STATEMENTS;
+    range_with(conn, q, (&sql.range, &sql.range_after), |r| {
         Ok(Row {
             device_id: q.device_id,
             channel: q.channel,
@@ -312,9 +401,10 @@ pub(super) fn range(conn: &Connection, q: RangeQuery) -> Result<Vec<Row>, StoreE
     })
 }
 
-/// The `(ts_us, seq)` keys `range` would return, from the series index alone.
+/// The `(ts_us, seq)` keys `range` would return, from the indexes alone.
 pub(super) fn range_keys(conn: &Connection, q: RangeQuery) -> Result<Vec<(i64, u64)>, StoreError> {
-    range_with(conn, q, (RANGE_KEYS, RANGE_KEYS_AFTER), |r| {
+    let sql = &*STATEMENTS;
+    range_with(conn, q, (&sql.range_keys, &sql.range_keys_after), |r| {
         Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
     })
 }
@@ -343,7 +433,9 @@ fn range_with<T>(
 
 /// Time-bucketed aggregates of one series (step and range checked by the caller).
 pub(super) fn aggregate(conn: &Connection, q: AggQuery) -> Result<Vec<Bucket>, StoreError> {
-    let mut s = conn.prepare_cached(aggregate_sql(q.agg)).map_err(db)?;
+    let mut s = conn
+        .prepare_cached(STATEMENTS.aggregate(q.agg))
+        .map_err(db)?;
     let args = (q.device_id as i64, q.channel, q.from_us, q.to_us, q.step_us);
     let rows = s.query_map(args, |r| {
         Ok(Bucket {

@@ -1,4 +1,5 @@
-//! Retention (`delete_older_than`): series by series through the index, in short transactions
+//! Retention (`delete_older_than`): first the staged readings (see `stage`; seconds of data, one
+//! statement per staging table), then series by series through the index, in short transactions
 //! the writer thread runs between its other commands, so batches keep committing meanwhile.
 
 use std::time::{Duration, Instant};
@@ -6,6 +7,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::read::{FIRST_SERIES, NEXT_SERIES, newest_in_series};
+use super::stage::TABLES;
 use super::{Reply, to_sql};
 
 /// Most rows one retention transaction deletes, so the write lock is held for milliseconds.
@@ -20,9 +22,25 @@ const KEEP_LATEST: &str = "INSERT INTO latest (device_id, channel, ts_us, value,
      ts_us = excluded.ts_us, value = excluded.value, quality = excluded.quality \
      WHERE excluded.ts_us >= latest.ts_us";
 
+/// Keeps the newest staged reading of each series that retention deletes from `{table}` (the
+/// upsert keeps whichever of it and `latest`'s reading is newer; a newer reading elsewhere wins
+/// on read anyway). `{visible}` is the staged-row visibility test.
+const KEEP_STAGED_LATEST: &str = "INSERT INTO latest (device_id, channel, ts_us, value, quality) \
+     SELECT device_id, channel, max(ts_us), value, quality FROM {table} \
+     WHERE ts_us < ?1 AND {visible} GROUP BY device_id, channel \
+     ON CONFLICT (device_id, channel) DO UPDATE SET \
+     ts_us = excluded.ts_us, value = excluded.value, quality = excluded.quality \
+     WHERE excluded.ts_us >= latest.ts_us";
+const DELETE_STAGED: &str = "DELETE FROM {table} WHERE ts_us < ?1 AND {visible}";
+/// A row of `{table}` not yet moved into `readings` (moved ones are deleted there).
+const STAGED_VISIBLE: &str = "(SELECT coalesce({table}.device_id > moved_through, 1) \
+     FROM staging_state WHERE name = '{table}')";
+
 /// Where a retention run is in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cursor {
+    /// Before the staged readings.
+    Staged,
     /// Before the first series.
     Start,
     /// At this `(device_id, channel)` series.
@@ -48,7 +66,7 @@ impl DeleteJob {
     pub(super) fn new(cutoff_us: i64, reply: Reply<u64>) -> DeleteJob {
         DeleteJob {
             cutoff_us,
-            cursor: Cursor::Start,
+            cursor: Cursor::Staged,
             deleted: 0,
             reply,
         }
@@ -66,6 +84,11 @@ impl DeleteJob {
         let mut kept_current = false;
         while budget > 0 && started.elapsed() < DELETE_CHUNK_TIME {
             let (device_id, channel) = match cursor {
+                Cursor::Staged => {
+                    deleted += delete_staged(&tx, self.cutoff_us)?;
+                    cursor = Cursor::Start;
+                    continue;
+                }
                 Cursor::Start => {
                     cursor = series(
                         tx.prepare_cached(FIRST_SERIES)?
@@ -104,6 +127,24 @@ impl DeleteJob {
         self.deleted += deleted;
         Ok(cursor == Cursor::Done)
     }
+}
+
+/// Deletes the visible staged readings older than `cutoff_us`, keeping each series' newest of
+/// them in `latest`; returns how many.
+fn delete_staged(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<u64> {
+    let mut deleted = 0;
+    for table in TABLES {
+        let fill = |sql: &str| {
+            sql.replace("{visible}", STAGED_VISIBLE)
+                .replace("{table}", table)
+        };
+        conn.prepare_cached(&fill(KEEP_STAGED_LATEST))?
+            .execute([cutoff_us])?;
+        deleted += conn
+            .prepare_cached(&fill(DELETE_STAGED))?
+            .execute([cutoff_us])? as u64;
+    }
+    Ok(deleted)
 }
 
 fn pair(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64)> {

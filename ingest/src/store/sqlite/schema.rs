@@ -47,6 +47,46 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at_us INTEGER NOT NULL);
     "#,
+    // 2: staging tables (see `stage`): batches append here, the writer moves them into
+    // `readings` in series order. `gen` orders the two (the greater is appending);
+    // `moved_through` is the last device (as stored) already moved, NULL for none.
+    r#"
+    CREATE TABLE staging_a (
+        device_id INTEGER NOT NULL,
+        channel INTEGER NOT NULL,
+        ts_us INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        quality INTEGER NOT NULL,
+        value REAL
+    );
+    CREATE INDEX staging_a_device ON staging_a (device_id);
+    CREATE TABLE staging_b (
+        device_id INTEGER NOT NULL,
+        channel INTEGER NOT NULL,
+        ts_us INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        quality INTEGER NOT NULL,
+        value REAL
+    );
+    CREATE INDEX staging_b_device ON staging_b (device_id);
+    CREATE TABLE staging_state (
+        name TEXT PRIMARY KEY,
+        gen INTEGER NOT NULL,
+        moved_through INTEGER
+    ) WITHOUT ROWID;
+    INSERT INTO staging_state (name, gen) VALUES ('staging_a', 2), ('staging_b', 1);
+    -- Every stored reading, wherever it is now: for people and tools reading the file.
+    CREATE VIEW stored_readings AS
+    SELECT device_id, channel, ts_us, seq, quality, value FROM readings
+    UNION ALL
+    SELECT device_id, channel, ts_us, seq, quality, value FROM staging_a s
+    WHERE (SELECT coalesce(s.device_id > moved_through, 1) FROM staging_state
+           WHERE name = 'staging_a')
+    UNION ALL
+    SELECT device_id, channel, ts_us, seq, quality, value FROM staging_b s
+    WHERE (SELECT coalesce(s.device_id > moved_through, 1) FROM staging_state
+           WHERE name = 'staging_b');
+    "#,
 ];
 
 fn synchronous_level(synchronous: Synchronous) -> &'static str {

@@ -9,11 +9,10 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
 use super::retention::DeleteJob;
+use super::stage::Stage;
 use super::{CHECKPOINT_INTERVAL, Reply, db, to_sql};
-use crate::store::{Presence, Revocation, Row, StoreError, WriteBatch};
+use crate::store::{Presence, Revocation, StoreError, WriteBatch};
 
-const INSERT_READING: &str = "INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const UPSERT_DEDUP: &str = r#"INSERT INTO dedup (device_id, "window") VALUES (?1, ?2)
      ON CONFLICT (device_id) DO UPDATE SET "window" = excluded."window""#;
 const UPSERT_LAST_SEEN: &str = "INSERT INTO devices (device_id, last_seen_us) VALUES (?1, ?2) \
@@ -113,21 +112,24 @@ pub(super) struct Writer {
     conn: Connection,
     /// Retention runs in progress, advanced one chunk between other commands.
     deletes: VecDeque<DeleteJob>,
+    /// The staging tables batches append to, moved into `readings` between commands.
+    stage: Stage,
 }
 
 impl Writer {
     /// The writer over the store's only read-write connection.
-    pub(super) fn new(conn: Connection) -> Writer {
+    pub(super) fn new(conn: Connection, stage: Stage) -> Writer {
         Writer {
             conn,
             deletes: VecDeque::new(),
+            stage,
         }
     }
 
     /// Serves commands until every sender is gone.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         loop {
-            let command = if self.deletes.is_empty() {
+            let command = if self.deletes.is_empty() && !self.stage.has_move_work() {
                 match commands.blocking_recv() {
                     Some(command) => Some(command),
                     None => break,
@@ -143,6 +145,17 @@ impl Writer {
                 self.handle(command);
             }
             self.delete_step();
+            self.move_step();
+        }
+    }
+
+    /// Moves the next device range of staged readings into `readings`. A failure (disk full,
+    /// I/O error) leaves everything where it was: the staged readings stay visible and the next
+    /// step tries again.
+    fn move_step(&mut self) {
+        if let Err(e) = self.stage.move_step(&mut self.conn) {
+            tracing::warn!(error = %e, "moving staged readings failed; retrying");
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
@@ -150,7 +163,8 @@ impl Writer {
         // A failed send means the caller stopped waiting; the outcome stands either way.
         match command {
             Command::Batch(batch, reply) => {
-                let _ = reply.send(write_batch(&mut self.conn, &batch).map_err(db));
+                let _ =
+                    reply.send(write_batch(&mut self.conn, &mut self.stage, &batch).map_err(db));
             }
             Command::Presence(p, reply) => {
                 let result = self
@@ -217,19 +231,26 @@ impl Writer {
     }
 }
 
-/// Commits one batch: readings, dedup windows, last-seen times (no `latest`: see the module doc).
-fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()> {
+/// Commits one batch: readings (appended to the staging table, see `stage`), dedup windows,
+/// last-seen times (no `latest`: see the module doc).
+fn write_batch(
+    conn: &mut Connection,
+    stage: &mut Stage,
+    batch: &WriteBatch,
+) -> rusqlite::Result<()> {
     if batch.rows.is_empty() && batch.dedup.is_empty() && batch.last_seen.is_empty() {
         return Ok(());
     }
-    // In index order, so consecutive inserts land on the same index page. Stable: of equal
-    // (ts_us, seq), the later in the batch gets the greater rowid (it is the later write).
-    let mut rows: Vec<&Row> = batch.rows.iter().collect();
-    rows.sort_by_key(|r| (r.device_id as i64, r.channel, r.ts_us, r.seq as i64));
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let table = stage.table_for_batch(&tx)?;
     {
-        let mut insert = tx.prepare_cached(INSERT_READING)?;
-        for row in &rows {
+        // In arrival order: a frame's readings are consecutive, so they share one page of the
+        // staging table's device index.
+        let mut insert = tx.prepare_cached(&format!(
+            "INSERT INTO {table} (device_id, channel, ts_us, seq, quality, value) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        ))?;
+        for row in &batch.rows {
             insert.execute((
                 row.device_id as i64,
                 row.channel,
@@ -248,5 +269,7 @@ fn write_batch(conn: &mut Connection, batch: &WriteBatch) -> rusqlite::Result<()
             seen.execute((*device_id as i64, at_us))?;
         }
     }
-    tx.commit()
+    tx.commit()?;
+    stage.committed(table, batch.rows.len() as u64);
+    Ok(())
 }

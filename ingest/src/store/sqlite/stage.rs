@@ -1,0 +1,229 @@
+//! Staging: how a batch commits without paying one index page per reading.
+//!
+//! `readings_series` keeps every series' readings together, so once a fleet has more series than
+//! a batch has readings, nearly every reading of a commit lands on an index page of its own
+//! (written to the WAL, then copied again by the checkpoint). A batch is therefore appended to
+//! a staging table instead, indexed by device only (a frame dirties one index page), and staged
+//! readings are later moved into `readings` many per series at a time, which is what makes the
+//! move cheap (BENCHMARKS.md, "Storage layout").
+//!
+//! # Two generations
+//! Two staging tables take turns. The *appending* one (the greater `gen` in `staging_state`)
+//! receives every batch. Once it holds [`StagingLimits::rows`] readings or is
+//! [`StagingLimits::age`] old, and the other table is empty, the two swap: the full one becomes
+//! the *moving* one, and the writer moves it into `readings` one device range per transaction
+//! ([`Stage::move_step`]), between batches. Each step inserts the readings of devices
+//! `(moved_through, upper]` and sets `moved_through = upper` in the same transaction, so a crash
+//! anywhere moves nothing twice and loses nothing. The last step empties the table with one
+//! `DELETE` (SQLite drops its pages whole) and clears `moved_through`.
+//!
+//! # Reads
+//! A staged reading is visible while its device is above its table's `moved_through` (or that is
+//! NULL); at or below, the same reading is in `readings`. Every query reads `readings` plus the
+//! visible rows of both tables in one statement, so it sees one snapshot (see `read`).
+//! Of equal times, the later write is the one from the newer source: `readings` (source 0), then
+//! the tables by `gen`, then by rowid within a source.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, Transaction};
+
+use crate::telemetry as m;
+
+/// The two staging tables (same columns as `readings`, plus an index on `device_id`).
+pub(super) const TABLES: [&str; 2] = ["staging_a", "staging_b"];
+
+/// When the appending table is handed to the mover, and how much one move step moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StagingLimits {
+    /// Readings the appending table holds before it is moved (default 1,000,000: at 64 channels
+    /// per frame and 1,000 devices, about 15 readings per series per move).
+    pub rows: u64,
+    /// Oldest the appending table gets before it is moved, if it holds anything (default 10 s),
+    /// so a quiet fleet's readings also reach series order.
+    pub age: Duration,
+    /// Readings one move transaction takes at least (whole devices, so it may take more; default
+    /// 8,192: a few milliseconds of write lock). A step also takes as many as the last batch
+    /// brought, so moving keeps pace with appending.
+    pub move_rows: u64,
+}
+
+impl Default for StagingLimits {
+    fn default() -> Self {
+        StagingLimits {
+            rows: 1_000_000,
+            age: Duration::from_secs(10),
+            move_rows: 8_192,
+        }
+    }
+}
+
+/// The writer's view of the staging tables (it is the only one that changes them).
+pub(super) struct Stage {
+    limits: StagingLimits,
+    /// Index into [`TABLES`] of the appending table.
+    appending: usize,
+    /// The other table's move, if it holds readings.
+    moving: Option<Moving>,
+    /// Readings in the appending table.
+    appended: u64,
+    /// When the appending table received its first reading (None: empty).
+    since: Option<Instant>,
+    /// Readings of the last batch, so a move step keeps pace with what batches bring.
+    last_batch: u64,
+}
+
+/// A table being moved into `readings`.
+#[derive(Clone, Copy, Debug)]
+struct Moving {
+    /// Index into [`TABLES`].
+    table: usize,
+    /// Devices (as stored, i64) up to and including this one are moved already.
+    moved_through: Option<i64>,
+}
+
+impl Stage {
+    /// Reads the staging state as the last run left it.
+    pub(super) fn load(conn: &Connection, limits: StagingLimits) -> rusqlite::Result<Stage> {
+        let mut state = [(0i64, None::<i64>); 2];
+        for (i, table) in TABLES.iter().enumerate() {
+            state[i] = conn.query_row(
+                "SELECT gen, moved_through FROM staging_state WHERE name = ?1",
+                [table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+        }
+        let appending = usize::from(state[1].0 > state[0].0);
+        let other = 1 - appending;
+        let holds = |t: usize| -> rusqlite::Result<bool> {
+            conn.query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", TABLES[t]),
+                [],
+                |r| r.get(0),
+            )
+        };
+        let moving = holds(other)?.then_some(Moving {
+            table: other,
+            moved_through: state[other].1,
+        });
+        let appended: i64 = conn.query_row(
+            &format!("SELECT count(*) FROM {}", TABLES[appending]),
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(Stage {
+            limits,
+            appending,
+            moving,
+            appended: appended as u64,
+            since: (appended > 0).then(Instant::now),
+            last_batch: 0,
+        })
+    }
+
+    /// Whether the mover has work (the writer then polls its commands instead of waiting).
+    pub(super) fn has_move_work(&self) -> bool {
+        self.moving.is_some()
+    }
+
+    /// The table a batch appends to, after making it the newest generation if the current one
+    /// is due for moving (within `tx`, the batch's transaction). Call [`committed`](Self::committed)
+    /// once `tx` commits.
+    pub(super) fn table_for_batch(&self, tx: &Transaction<'_>) -> rusqlite::Result<&'static str> {
+        if !self.swap_due() {
+            return Ok(TABLES[self.appending]);
+        }
+        let next = 1 - self.appending;
+        tx.prepare_cached(
+            "UPDATE staging_state SET gen = (SELECT max(gen) FROM staging_state) + 1, \
+             moved_through = NULL WHERE name = ?1",
+        )?
+        .execute([TABLES[next]])?;
+        Ok(TABLES[next])
+    }
+
+    fn swap_due(&self) -> bool {
+        self.moving.is_none()
+            && self.appended > 0
+            && (self.appended >= self.limits.rows
+                || self.since.is_some_and(|t| t.elapsed() >= self.limits.age))
+    }
+
+    /// Records a committed batch of `rows` readings appended to `table`.
+    pub(super) fn committed(&mut self, table: &str, rows: u64) {
+        if table != TABLES[self.appending] {
+            self.moving = Some(Moving {
+                table: self.appending,
+                moved_through: None,
+            });
+            self.appending = 1 - self.appending;
+            self.appended = 0;
+            self.since = None;
+        }
+        if rows > 0 {
+            self.appended += rows;
+            self.since.get_or_insert_with(Instant::now);
+        }
+        metrics::gauge!(m::STAGED_READINGS).set(self.appended as f64);
+        self.last_batch = rows;
+    }
+
+    /// Moves the next device range of the moving table into `readings` in one transaction;
+    /// after the last range the table is emptied. Returns the readings moved.
+    pub(super) fn move_step(&mut self, conn: &mut Connection) -> rusqlite::Result<u64> {
+        let Some(moving) = self.moving else {
+            return Ok(0);
+        };
+        let table = TABLES[moving.table];
+        let from = match moving.moved_through {
+            None => Some(i64::MIN),
+            Some(d) => d.checked_add(1),
+        };
+        let budget = self.limits.move_rows.max(self.last_batch).max(1);
+        let started = Instant::now();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The device at the budget's row (all of its readings go too), or None: the rest.
+        let upper: Option<i64> = match from {
+            None => None,
+            Some(from) => tx
+                .prepare_cached(&format!(
+                    "SELECT device_id FROM {table} WHERE device_id >= ?1 \
+                     ORDER BY device_id LIMIT 1 OFFSET ?2"
+                ))?
+                .query_row((from, budget as i64), |r| r.get(0))
+                .optional()?,
+        };
+        let moved = match from {
+            None => 0,
+            Some(from) => tx
+                .prepare_cached(&format!(
+                    "INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) \
+                     SELECT device_id, channel, ts_us, seq, quality, value FROM {table} \
+                     WHERE device_id >= ?1 AND device_id <= ?2 \
+                     ORDER BY device_id, channel, ts_us, seq, rowid"
+                ))?
+                .execute((from, upper.unwrap_or(i64::MAX)))? as u64,
+        };
+        match upper {
+            Some(upper) => {
+                tx.prepare_cached("UPDATE staging_state SET moved_through = ?2 WHERE name = ?1")?
+                    .execute((table, upper))?;
+            }
+            None => {
+                // Everything is in `readings` now: one DELETE without WHERE drops the pages whole.
+                tx.execute_batch(&format!(
+                    "DELETE FROM {table}; \
+                     UPDATE staging_state SET moved_through = NULL WHERE name = '{table}';"
+                ))?;
+            }
+        }
+        tx.commit()?;
+        metrics::histogram!(m::MOVE_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::counter!(m::MOVED_READINGS).increment(moved);
+        self.moving = upper.map(|upper| Moving {
+            table: moving.table,
+            moved_through: Some(upper),
+        });
+        Ok(moved)
+    }
+}
