@@ -7,12 +7,15 @@ Scenarios (each bounded in time, everything stops by itself):
                inserts into the same schema (`ingest/examples/bare_insert.rs`), same sync mode.
   latency      ack latency p50/p99 at half the 1k-device maximum.
   rss          server RSS per idle device connection at 10k and 50k connections (from /proc).
+  ab           capacity under overload (1k devices x 64 readings, sync full), this build's server
+               against another build's (`--baseline BINARY`, e.g. the previous commit built into
+               another target dir), alternating, 3 runs each: an A/B of a server change.
   soak         10k devices for 60 s at 80% of the 10k-device sustained rate (sync full), then
                the loss accounting: the simulator's sent/acked/dropped/unacked frames against
                the rows the server committed, counted in the database after it stopped
                (stored == acked readings, no (device, seq, channel) stored twice).
 
-Usage: python3 bench/e2e.py [--quick] [--scenarios throughput,latency,rss,soak] [--write BENCHMARKS.md]
+Usage: python3 bench/e2e.py [--quick] [--scenarios throughput,latency,rss,soak,ab] [--baseline BINARY] [--write BENCHMARKS.md]
 The full mode (no --quick) runs all four scenarios; --quick leaves out the soak unless named.
 Builds release binaries first. Prints Markdown tables; --write replaces the section between
 the `<!-- e2e:begin -->` and `<!-- e2e:end -->` markers of the given file.
@@ -48,10 +51,10 @@ def raise_nofile():
 
 
 class Server:
-    def __init__(self, sync="full", extra=()):
+    def __init__(self, sync="full", extra=(), binary=None):
         self.dir = tempfile.mkdtemp(prefix="telemux-bench-")
         self.port = free_port()
-        args = [os.path.join(REL, "ingest"), "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.dir,
+        args = [binary or os.path.join(REL, "ingest"), "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.dir,
                 "--sqlite-synchronous", sync, "--connect-rate-per-ip", "100000", "--connect-burst-per-ip", "100000",
                 "--max-connections", "200000", "--ping-interval", "30s", "--idle-timeout", "1h", *extra]
         env = dict(os.environ, RUST_LOG="warn")
@@ -200,6 +203,31 @@ def rss(q):
                       "|---:|---:|---|---:|"] + rows)
 
 
+def ab(q, baseline):
+    """Capacity under overload of this build's server and of `baseline`, alternating."""
+    devices, readings, runs = 1000, 64, 3
+    dur = "8s" if q else "15s"
+    results = {"this build": [], "baseline": []}
+    for i in range(runs):
+        for name, binary in [("this build", None), ("baseline", baseline)]:
+            s = Server("full", binary=binary)
+            try:
+                r = sim(s, devices, 50, readings, dur, extra=["--drain-timeout", "30s"])
+            finally:
+                s.stop()
+            results[name].append((r["readings_acked_per_s"], r["ack_latency_ms"]["p50"], r["lost"]))
+            print(f"  ab run {i + 1} {name}: {r['readings_acked_per_s']:,.0f} readings/s, lost {r['lost']}", file=sys.stderr)
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    t = [f"Baseline: `{baseline}`. {runs} alternating runs each, {devices:,} devices x {readings} readings offered 3.2M readings/s for {dur} (TCP backpressure sets the pace), sync full.", "",
+         "| server | acked readings/s, each run | median | ack p50 ms, each run | lost |", "|---|---|---:|---|---:|"]
+    for name, rs in results.items():
+        t.append(f"| {name} | {' / '.join(f'{x[0]:,.0f}' for x in rs)} | {med([x[0] for x in rs]):,.0f} | "
+                 f"{' / '.join(f'{x[1]:.0f}' for x in rs)} | {sum(x[2] for x in rs)} |")
+    ratio = med([x[0] for x in results["this build"]]) / max(med([x[0] for x in results["baseline"]]), 1)
+    t += ["", f"This build / baseline (medians): {ratio:.2f}x."]
+    return "\n".join(t)
+
+
 def soak(q, sustained_10k):
     """The issue's done-when run: 10,000 devices for 60 s against one server, every frame
     accounted for."""
@@ -232,6 +260,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--scenarios")
     ap.add_argument("--write")
+    ap.add_argument("--baseline", help="another build's ingest binary, for the ab scenario")
     a = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "ingest", "-p", "firmware-sim", "--bin", "ingest", "--bin", "firmware-sim", "--example", "bare_insert"], cwd=ROOT, check=True)
     limit = raise_nofile()
@@ -259,10 +288,15 @@ def main():
         out += ["### Server memory per idle device connection", "", rss(a.quick), ""]
     if "soak" in sc:
         out += ["### 10,000 devices for 60 s: loss accounting", "", soak(a.quick, sustained_10k), ""]
+    if "ab" in sc:
+        if not a.baseline:
+            sys.exit("the ab scenario needs --baseline BINARY")
+        out += ["### A/B: capacity of this build against a baseline build", "", ab(a.quick, a.baseline), ""]
     text = "\n".join(out)
     print(text)
     if a.write:
-        write_section(os.path.join(ROOT, a.write), "e2e", "End to end (ingest + firmware-sim)", text)
+        section = "e2e-ab" if sc == ["ab"] else "e2e"
+        write_section(os.path.join(ROOT, a.write), section, "End to end (ingest + firmware-sim)", text)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::stage::TABLES;
+use super::stage::{TABLES, unmoved};
 use super::{db, from_sql};
 use crate::dedup::DedupWindow;
 use crate::store::{
@@ -33,13 +33,15 @@ fn readings_and_staged(columns: &str, filter: &str) -> String {
 /// `SELECT {columns} FROM {table} WHERE {filter}` over the rows of device `?1` that the move has
 /// not reached yet (`readings_and_staged` tells what `SRC` and `RID` stand for).
 fn staged(table: &str, columns: &str, filter: &str) -> String {
-    let state = format!("FROM staging_state WHERE name = '{table}'");
     format!(
-        "SELECT {} FROM {table} WHERE {filter} \
-         AND (SELECT coalesce(?1 > moved_through, 1) {state})",
+        "SELECT {} FROM {table} WHERE {filter} AND {}",
         columns
-            .replace("SRC", &format!("(SELECT gen {state})"))
-            .replace("RID", "rowid")
+            .replace(
+                "SRC",
+                &format!("(SELECT gen FROM staging_state WHERE name = '{table}')")
+            )
+            .replace("RID", "rowid"),
+        unmoved(table, "?1")
     )
 }
 

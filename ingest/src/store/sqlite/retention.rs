@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::read::{FIRST_SERIES, NEXT_SERIES, newest_in_series};
-use super::stage::TABLES;
+use super::stage::{TABLES, unmoved};
 use super::{Reply, to_sql};
 
 /// Most rows one retention transaction deletes, so the write lock is held for milliseconds.
@@ -24,7 +24,7 @@ const KEEP_LATEST: &str = "INSERT INTO latest (device_id, channel, ts_us, value,
 
 /// Keeps the newest staged reading of each series that retention deletes from `{table}` (the
 /// upsert keeps whichever of it and `latest`'s reading is newer; a newer reading elsewhere wins
-/// on read anyway). `{visible}` is the staged-row visibility test.
+/// on read anyway). `{visible}` is `stage::unmoved` for the table's rows.
 const KEEP_STAGED_LATEST: &str = "INSERT INTO latest (device_id, channel, ts_us, value, quality) \
      SELECT device_id, channel, max(ts_us), value, quality FROM {table} \
      WHERE ts_us < ?1 AND {visible} GROUP BY device_id, channel \
@@ -32,9 +32,6 @@ const KEEP_STAGED_LATEST: &str = "INSERT INTO latest (device_id, channel, ts_us,
      ts_us = excluded.ts_us, value = excluded.value, quality = excluded.quality \
      WHERE excluded.ts_us >= latest.ts_us";
 const DELETE_STAGED: &str = "DELETE FROM {table} WHERE ts_us < ?1 AND {visible}";
-/// A row of `{table}` not yet moved into `readings` (moved ones are deleted there).
-const STAGED_VISIBLE: &str = "(SELECT coalesce({table}.device_id > moved_through, 1) \
-     FROM staging_state WHERE name = '{table}')";
 
 /// Where a retention run is in the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,10 +131,9 @@ impl DeleteJob {
 fn delete_staged(conn: &Connection, cutoff_us: i64) -> rusqlite::Result<u64> {
     let mut deleted = 0;
     for table in TABLES {
-        let fill = |sql: &str| {
-            sql.replace("{visible}", STAGED_VISIBLE)
-                .replace("{table}", table)
-        };
+        // Moved rows are deleted from `readings` instead.
+        let visible = unmoved(table, &format!("{table}.device_id"));
+        let fill = |sql: &str| sql.replace("{visible}", &visible).replace("{table}", table);
         conn.prepare_cached(&fill(KEEP_STAGED_LATEST))?
             .execute([cutoff_us])?;
         deleted += conn

@@ -33,6 +33,14 @@ use crate::telemetry as m;
 /// The two staging tables (same columns as `readings`, plus an index on `device_id`).
 pub(super) const TABLES: [&str; 2] = ["staging_a", "staging_b"];
 
+/// SQL condition: a row of staging table `table` whose device is `device` (an SQL expression)
+/// has not been moved yet, so it is read from staging (once moved, it is read from `readings`).
+pub(super) fn unmoved(table: &str, device: &str) -> String {
+    format!(
+        "(SELECT coalesce({device} > moved_through, 1) FROM staging_state WHERE name = '{table}')"
+    )
+}
+
 /// When the appending table is handed to the mover, and how much one move step moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StagingLimits {
