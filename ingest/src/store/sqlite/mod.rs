@@ -163,12 +163,13 @@ impl SqliteStore {
         let readers = Arc::new(ReadPool::new(conns));
         let (commands, receiver) = mpsc::channel(WRITER_QUEUE);
         let nice = options.writer_nice;
+        let synchronous = options.synchronous;
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 write::lower_priority(nice);
                 let checkpointer = Checkpointer::spawn(checkpointer, nice);
-                Writer::new(conn, stage).run(receiver);
+                Writer::new(conn, stage, synchronous).run(receiver);
                 checkpointer.stop();
             })
             .map_err(|e| open_error(format!("cannot start writer thread: {e}")))?;

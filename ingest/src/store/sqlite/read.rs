@@ -17,7 +17,8 @@ use crate::store::{
 /// `SELECT {columns} FROM readings WHERE {filter}`, then the same over the visible rows of both
 /// staging tables (see `stage`), joined by `UNION ALL`: one statement, so one snapshot. The
 /// filter must fix `device_id = ?1`. In `columns`, `SRC` stands for the source's write order
-/// (`readings` 0, a staging table its `gen`) and `RID` for the rowid within it.
+/// (`readings` 0, a staging table its `gen`) and `RID` for the write order within it (rowid,
+/// or a staging table's `n`).
 fn readings_and_staged(columns: &str, filter: &str) -> String {
     let mut sql = format!(
         "SELECT {} FROM readings WHERE {filter}",
@@ -40,7 +41,7 @@ fn staged(table: &str, columns: &str, filter: &str) -> String {
                 "SRC",
                 &format!("(SELECT gen FROM staging_state WHERE name = '{table}')")
             )
-            .replace("RID", "rowid"),
+            .replace("RID", "n"),
         unmoved(table, "?1")
     )
 }

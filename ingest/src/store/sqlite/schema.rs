@@ -48,27 +48,31 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at_us INTEGER NOT NULL);
     "#,
     // 2: staging tables (see `stage`): batches append here, the writer moves them into
-    // `readings` in series order. `gen` orders the two (the greater is appending);
-    // `moved_through` is the last device (as stored) already moved, NULL for none.
+    // `readings` in series order. Clustered by device; `n` numbers the writes (one B-tree
+    // insert per reading, a frame's readings on one page). `gen` orders the two tables (the
+    // greater is appending); `moved_through` is the last device (as stored) already moved,
+    // NULL for none.
     r#"
     CREATE TABLE staging_a (
         device_id INTEGER NOT NULL,
+        n INTEGER NOT NULL,
         channel INTEGER NOT NULL,
         ts_us INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         quality INTEGER NOT NULL,
-        value REAL
-    );
-    CREATE INDEX staging_a_device ON staging_a (device_id);
+        value REAL,
+        PRIMARY KEY (device_id, n)
+    ) WITHOUT ROWID;
     CREATE TABLE staging_b (
         device_id INTEGER NOT NULL,
+        n INTEGER NOT NULL,
         channel INTEGER NOT NULL,
         ts_us INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         quality INTEGER NOT NULL,
-        value REAL
-    );
-    CREATE INDEX staging_b_device ON staging_b (device_id);
+        value REAL,
+        PRIMARY KEY (device_id, n)
+    ) WITHOUT ROWID;
     CREATE TABLE staging_state (
         name TEXT PRIMARY KEY,
         gen INTEGER NOT NULL,

@@ -3,7 +3,7 @@
 //! `readings_series` keeps every series' readings together, so once a fleet has more series than
 //! a batch has readings, nearly every reading of a commit lands on an index page of its own
 //! (written to the WAL, then copied again by the checkpoint). A batch is therefore appended to
-//! a staging table instead, indexed by device only (a frame dirties one index page), and staged
+//! a staging table instead, clustered by device and write number (a frame dirties one page), and staged
 //! readings are later moved into `readings` many per series at a time, which is what makes the
 //! move cheap (BENCHMARKS.md, "Storage layout").
 //!
@@ -22,7 +22,7 @@
 //! NULL); at or below, the same reading is in `readings`. Every query reads `readings` plus the
 //! visible rows of both tables in one statement, so it sees one snapshot (see `read`).
 //! Of equal times, the later write is the one from the newer source: `readings` (source 0), then
-//! the tables by `gen`, then by rowid within a source.
+//! the tables by `gen`; within a source by rowid (`readings`) or write number `n` (staging).
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use crate::telemetry as m;
 
-/// The two staging tables (same columns as `readings`, plus an index on `device_id`).
+/// The two staging tables (the columns of `readings` plus a write number `n`, clustered by
+/// `(device_id, n)`).
 pub(super) const TABLES: [&str; 2] = ["staging_a", "staging_b"];
 
 /// SQL condition: a row of staging table `table` whose device is `device` (an SQL expression)
@@ -51,8 +52,9 @@ pub struct StagingLimits {
     /// so a quiet fleet's readings also reach series order.
     pub age: Duration,
     /// Readings one move transaction takes at least (whole devices, so it may take more; default
-    /// 8,192: a few milliseconds of write lock). A step also takes as many as the last batch
-    /// brought, so moving keeps pace with appending.
+    /// 2,048: about 3 ms of write lock on the benchmark machine, which the next batch may wait
+    /// for). A step also takes as many as the last batch brought, so moving keeps pace with
+    /// appending.
     pub move_rows: u64,
 }
 
@@ -61,7 +63,7 @@ impl Default for StagingLimits {
         StagingLimits {
             rows: 1_000_000,
             age: Duration::from_secs(10),
-            move_rows: 8_192,
+            move_rows: 2_048,
         }
     }
 }
@@ -79,6 +81,8 @@ pub(super) struct Stage {
     since: Option<Instant>,
     /// Readings of the last batch, so a move step keeps pace with what batches bring.
     last_batch: u64,
+    /// Number (`n`) of the next staged reading: write order within a staging table.
+    next_n: i64,
 }
 
 /// A table being moved into `readings`.
@@ -119,7 +123,14 @@ impl Stage {
             [],
             |r| r.get(0),
         )?;
+        let mut next_n = 0;
+        for table in TABLES {
+            let max: Option<i64> =
+                conn.query_row(&format!("SELECT max(n) FROM {table}"), [], |r| r.get(0))?;
+            next_n = next_n.max(max.map_or(0, |m| m + 1));
+        }
         Ok(Stage {
+            next_n,
             limits,
             appending,
             moving,
@@ -150,6 +161,12 @@ impl Stage {
         Ok(TABLES[next])
     }
 
+    /// The number of the batch's first reading (`n`, write order); the batch numbers its
+    /// readings from there, and the next batch starts after them (see [`committed`](Self::committed)).
+    pub(super) fn next_write_number(&self) -> i64 {
+        self.next_n
+    }
+
     fn swap_due(&self) -> bool {
         self.moving.is_none()
             && self.appended > 0
@@ -168,6 +185,7 @@ impl Stage {
             self.appended = 0;
             self.since = None;
         }
+        self.next_n += rows as i64;
         if rows > 0 {
             self.appended += rows;
             self.since.get_or_insert_with(Instant::now);
@@ -208,7 +226,7 @@ impl Stage {
                     "INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) \
                      SELECT device_id, channel, ts_us, seq, quality, value FROM {table} \
                      WHERE device_id >= ?1 AND device_id <= ?2 \
-                     ORDER BY device_id, channel, ts_us, seq, rowid"
+                     ORDER BY device_id, channel, ts_us, seq, n"
                 ))?
                 .execute((from, upper.unwrap_or(i64::MAX)))? as u64,
         };

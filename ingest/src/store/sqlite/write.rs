@@ -10,8 +10,8 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use super::retention::DeleteJob;
 use super::stage::Stage;
-use super::{CHECKPOINT_INTERVAL, Reply, db, to_sql};
-use crate::store::{Presence, Revocation, StoreError, WriteBatch};
+use super::{CHECKPOINT_INTERVAL, Reply, Synchronous, db, to_sql};
+use crate::store::{Presence, Revocation, Row, StoreError, WriteBatch};
 
 const UPSERT_DEDUP: &str = r#"INSERT INTO dedup (device_id, "window") VALUES (?1, ?2)
      ON CONFLICT (device_id) DO UPDATE SET "window" = excluded."window""#;
@@ -40,6 +40,24 @@ pub(super) enum Command {
     DeleteOlderThan(i64, Reply<u64>),
     /// Prove the store accepts writes.
     Ping(Reply<()>),
+}
+
+impl Command {
+    /// Answers the command with `error` without doing it.
+    fn fail(self, error: StoreError) {
+        // A failed send means the caller stopped waiting.
+        match self {
+            Command::Batch(_, reply)
+            | Command::Presence(_, reply)
+            | Command::Revoke(_, reply)
+            | Command::Ping(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Command::DeleteOlderThan(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// A thread copying committed WAL pages into the database file (`wal_checkpoint(PASSIVE)`,
@@ -114,15 +132,21 @@ pub(super) struct Writer {
     deletes: VecDeque<DeleteJob>,
     /// The staging tables batches append to, moved into `readings` between commands.
     stage: Stage,
+    /// The store's commit durability (moves relax it, see `move_step`).
+    synchronous: Synchronous,
+    /// The connection runs at `synchronous = NORMAL` for a move, not yet restored.
+    relaxed: bool,
 }
 
 impl Writer {
     /// The writer over the store's only read-write connection.
-    pub(super) fn new(conn: Connection, stage: Stage) -> Writer {
+    pub(super) fn new(conn: Connection, stage: Stage, synchronous: Synchronous) -> Writer {
         Writer {
             conn,
             deletes: VecDeque::new(),
             stage,
+            synchronous,
+            relaxed: false,
         }
     }
 
@@ -153,13 +177,45 @@ impl Writer {
     /// I/O error) leaves everything where it was: the staged readings stay visible and the next
     /// step tries again.
     fn move_step(&mut self) {
-        if let Err(e) = self.stage.move_step(&mut self.conn) {
+        if !self.stage.has_move_work() {
+            return;
+        }
+        // A move needs no fsync of its own: lost in a power cut, it leaves its readings staged
+        // (still stored, still read), and the next batch's fsync makes it durable anyway
+        // (WAL frames reach the disk in order).
+        if self.synchronous == Synchronous::Full && !self.relaxed {
+            self.relaxed = self
+                .conn
+                .pragma_update(None, "synchronous", "NORMAL")
+                .is_ok();
+        }
+        let moved = self.stage.move_step(&mut self.conn);
+        let _ = self.restore_synchronous();
+        if let Err(e) = moved {
             tracing::warn!(error = %e, "moving staged readings failed; retrying");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
+    /// Puts `synchronous` back to FULL after a move relaxed it; until that succeeds, nothing
+    /// else is committed (an ack would not be durable).
+    fn restore_synchronous(&mut self) -> Result<(), StoreError> {
+        if self.relaxed {
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| {
+                    StoreError::Database(format!("cannot restore synchronous = FULL: {e}"))
+                })?;
+            self.relaxed = false;
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, command: Command) {
+        if let Err(e) = self.restore_synchronous() {
+            command.fail(e);
+            return;
+        }
         // A failed send means the caller stopped waiting; the outcome stands either way.
         match command {
             Command::Batch(batch, reply) => {
@@ -231,6 +287,34 @@ impl Writer {
     }
 }
 
+/// Readings one multi-row `INSERT` statement of a batch takes.
+const ROWS_PER_INSERT: usize = 32;
+
+/// `INSERT INTO {table} (...) VALUES (?, ...), ...` for `rows` readings.
+fn insert_rows(table: &str, rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO {table} (device_id, n, channel, ts_us, seq, quality, value) VALUES {values}"
+    )
+}
+
+/// Binds `row`, written as number `n`, to the seven parameters after the first `offset` of an
+/// `insert_rows` statement.
+fn bind_row(
+    statement: &mut rusqlite::Statement<'_>,
+    offset: usize,
+    row: &Row,
+    n: i64,
+) -> rusqlite::Result<()> {
+    statement.raw_bind_parameter(offset + 1, row.device_id as i64)?;
+    statement.raw_bind_parameter(offset + 2, n)?;
+    statement.raw_bind_parameter(offset + 3, row.channel)?;
+    statement.raw_bind_parameter(offset + 4, row.ts_us)?;
+    statement.raw_bind_parameter(offset + 5, row.seq as i64)?;
+    statement.raw_bind_parameter(offset + 6, row.quality)?;
+    statement.raw_bind_parameter(offset + 7, to_sql(row.value))
+}
+
 /// Commits one batch: readings (appended to the staging table, see `stage`), dedup windows,
 /// last-seen times (no `latest`: see the module doc).
 fn write_batch(
@@ -244,21 +328,24 @@ fn write_batch(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let table = stage.table_for_batch(&tx)?;
     {
-        // In arrival order: a frame's readings are consecutive, so they share one page of the
-        // staging table's device index.
-        let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO {table} (device_id, channel, ts_us, seq, quality, value) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
-        ))?;
-        for row in &batch.rows {
-            insert.execute((
-                row.device_id as i64,
-                row.channel,
-                row.ts_us,
-                row.seq as i64,
-                row.quality,
-                to_sql(row.value),
-            ))?;
+        // In arrival order, numbered: a frame's readings are consecutive, so they go to one
+        // page of the staging table (clustered by device, then number). `ROWS_PER_INSERT` rows per statement: one bind-and-step
+        // round trip instead of one per reading.
+        let mut n = stage.next_write_number();
+        let mut many = tx.prepare_cached(&insert_rows(table, ROWS_PER_INSERT))?;
+        let mut chunks = batch.rows.chunks_exact(ROWS_PER_INSERT);
+        for chunk in &mut chunks {
+            for (i, row) in chunk.iter().enumerate() {
+                bind_row(&mut many, i * 7, row, n)?;
+                n += 1;
+            }
+            many.raw_execute()?;
+        }
+        let mut one = tx.prepare_cached(&insert_rows(table, 1))?;
+        for row in chunks.remainder() {
+            bind_row(&mut one, 0, row, n)?;
+            n += 1;
+            one.raw_execute()?;
         }
         let mut dedup = tx.prepare_cached(UPSERT_DEDUP)?;
         for (device_id, window) in &batch.dedup {
