@@ -17,8 +17,7 @@ use crate::store::{
 /// `SELECT {columns} FROM readings WHERE {filter}`, then the same over the visible rows of both
 /// staging tables (see `stage`), joined by `UNION ALL`: one statement, so one snapshot. The
 /// filter must fix `device_id = ?1`. In `columns`, `SRC` stands for the source's write order
-/// (`readings` 0, a staging table its `gen`) and `RID` for the write order within it (rowid,
-/// or a staging table's `n`).
+/// (`readings` 0, a staging table its `gen`) and `RID` for the write order within it (the rowid).
 fn readings_and_staged(columns: &str, filter: &str) -> String {
     let mut sql = format!(
         "SELECT {} FROM readings WHERE {filter}",
@@ -34,8 +33,14 @@ fn readings_and_staged(columns: &str, filter: &str) -> String {
 /// `SELECT {columns} FROM {table} WHERE {filter}` over the rows of device `?1` that the move has
 /// not reached yet (`readings_and_staged` tells what `SRC` and `RID` stand for).
 fn staged(table: &str, columns: &str, filter: &str) -> String {
+    // The device's readings through its rowid ranges (see `stage`), with the columns of `readings`.
+    let rows = format!(
+        "(SELECT t.rowid AS n, t.* FROM {table}_ranges r CROSS JOIN {table} t NOT INDEXED \
+         ON t.rowid BETWEEN r.first AND r.last AND t.device_id = r.device_id \
+         WHERE r.device_id = ?1)"
+    );
     format!(
-        "SELECT {} FROM {table} WHERE {filter} AND {}",
+        "SELECT {} FROM {rows} WHERE {filter} AND {}",
         columns
             .replace(
                 "SRC",

@@ -47,31 +47,39 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at_us INTEGER NOT NULL);
     "#,
-    // 2: staging tables (see `stage`): batches append here, the writer moves them into
-    // `readings` in series order. Clustered by device; `n` numbers the writes (one B-tree
-    // insert per reading, a frame's readings on one page). `gen` orders the two tables (the
-    // greater is appending); `moved_through` is the last device (as stored) already moved,
-    // NULL for none.
+    // 2: staging tables (see `stage`): batches append here in write order (rowid), the writer
+    // moves them into `readings` in series order. `staging_x_ranges` has one row per device and
+    // batch: the rowids `first..=last` of that device's readings in the batch. `gen` orders the
+    // two tables (the greater is appending); `moved_through` is the last device (as stored)
+    // already moved, NULL for none.
     r#"
     CREATE TABLE staging_a (
         device_id INTEGER NOT NULL,
-        n INTEGER NOT NULL,
         channel INTEGER NOT NULL,
         ts_us INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         quality INTEGER NOT NULL,
-        value REAL,
-        PRIMARY KEY (device_id, n)
+        value REAL
+    );
+    CREATE TABLE staging_a_ranges (
+        device_id INTEGER NOT NULL,
+        first INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        PRIMARY KEY (device_id, first)
     ) WITHOUT ROWID;
     CREATE TABLE staging_b (
         device_id INTEGER NOT NULL,
-        n INTEGER NOT NULL,
         channel INTEGER NOT NULL,
         ts_us INTEGER NOT NULL,
         seq INTEGER NOT NULL,
         quality INTEGER NOT NULL,
-        value REAL,
-        PRIMARY KEY (device_id, n)
+        value REAL
+    );
+    CREATE TABLE staging_b_ranges (
+        device_id INTEGER NOT NULL,
+        first INTEGER NOT NULL,
+        last INTEGER NOT NULL,
+        PRIMARY KEY (device_id, first)
     ) WITHOUT ROWID;
     CREATE TABLE staging_state (
         name TEXT PRIMARY KEY,

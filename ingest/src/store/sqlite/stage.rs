@@ -3,9 +3,11 @@
 //! `readings_series` keeps every series' readings together, so once a fleet has more series than
 //! a batch has readings, nearly every reading of a commit lands on an index page of its own
 //! (written to the WAL, then copied again by the checkpoint). A batch is therefore appended to
-//! a staging table instead, clustered by device and write number (a frame dirties one page), and staged
-//! readings are later moved into `readings` many per series at a time, which is what makes the
-//! move cheap (BENCHMARKS.md, "Storage layout").
+//! a staging table instead, in write order (rowids only grow, so the new rows fill the table's
+//! last pages: no index, no page split), grouped by device, with one row per device and batch in
+//! `{table}_ranges` saying which rowids hold that device's readings. Staged readings are later
+//! moved into `readings` many per series at a time, which is what makes the move cheap
+//! (BENCHMARKS.md, "Storage layout").
 //!
 //! # Two generations
 //! Two staging tables take turns. The *appending* one (the greater `gen` in `staging_state`)
@@ -14,24 +16,23 @@
 //! the *moving* one, and the writer moves it into `readings` one device range per transaction
 //! ([`Stage::move_step`]), between batches. Each step inserts the readings of devices
 //! `(moved_through, upper]` and sets `moved_through = upper` in the same transaction, so a crash
-//! anywhere moves nothing twice and loses nothing. The last step empties the table with one
-//! `DELETE` (SQLite drops its pages whole) and clears `moved_through`.
+//! anywhere moves nothing twice and loses nothing. The last step empties the table and its
+//! ranges with one `DELETE` each (SQLite drops the pages whole) and clears `moved_through`.
 //!
 //! # Reads
 //! A staged reading is visible while its device is above its table's `moved_through` (or that is
 //! NULL); at or below, the same reading is in `readings`. Every query reads `readings` plus the
-//! visible rows of both tables in one statement, so it sees one snapshot (see `read`).
-//! Of equal times, the later write is the one from the newer source: `readings` (source 0), then
-//! the tables by `gen`; within a source by rowid (`readings`) or write number `n` (staging).
+//! visible rows of both tables (found through the device's ranges) in one statement, so it sees
+//! one snapshot (see `read`). Of equal times, the later write is the one from the newer source:
+//! `readings` (source 0), then the tables by `gen`; within a source, the greater rowid.
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, Transaction};
+use rusqlite::{Connection, Transaction};
 
 use crate::telemetry as m;
 
-/// The two staging tables (the columns of `readings` plus a write number `n`, clustered by
-/// `(device_id, n)`).
+/// The two staging tables (the columns of `readings`; each has a `{name}_ranges` table).
 pub(super) const TABLES: [&str; 2] = ["staging_a", "staging_b"];
 
 /// SQL condition: a row of staging table `table` whose device is `device` (an SQL expression)
@@ -81,8 +82,9 @@ pub(super) struct Stage {
     since: Option<Instant>,
     /// Readings of the last batch, so a move step keeps pace with what batches bring.
     last_batch: u64,
-    /// Number (`n`) of the next staged reading: write order within a staging table.
-    next_n: i64,
+    /// Per table, the greatest rowid given out since it was last emptied: rowids (write order)
+    /// are never reused while `ranges` rows may still name them.
+    last_rowid: [i64; 2],
 }
 
 /// A table being moved into `readings`.
@@ -123,14 +125,19 @@ impl Stage {
             [],
             |r| r.get(0),
         )?;
-        let mut next_n = 0;
-        for table in TABLES {
-            let max: Option<i64> =
-                conn.query_row(&format!("SELECT max(n) FROM {table}"), [], |r| r.get(0))?;
-            next_n = next_n.max(max.map_or(0, |m| m + 1));
+        let mut last_rowid = [0; 2];
+        for (i, table) in TABLES.iter().enumerate() {
+            last_rowid[i] = conn.query_row(
+                &format!(
+                    "SELECT max(coalesce((SELECT max(rowid) FROM {table}), 0), \
+                     coalesce((SELECT max(last) FROM {table}_ranges), 0))"
+                ),
+                [],
+                |r| r.get(0),
+            )?;
         }
         Ok(Stage {
-            next_n,
+            last_rowid,
             limits,
             appending,
             moving,
@@ -146,11 +153,15 @@ impl Stage {
     }
 
     /// The table a batch appends to, after making it the newest generation if the current one
-    /// is due for moving (within `tx`, the batch's transaction). Call [`committed`](Self::committed)
-    /// once `tx` commits.
-    pub(super) fn table_for_batch(&self, tx: &Transaction<'_>) -> rusqlite::Result<&'static str> {
+    /// is due for moving (within `tx`, the batch's transaction), and the greatest rowid it has
+    /// given out (the batch takes the rowids after it). Call [`committed`](Self::committed) once
+    /// `tx` commits.
+    pub(super) fn table_for_batch(
+        &self,
+        tx: &Transaction<'_>,
+    ) -> rusqlite::Result<(&'static str, i64)> {
         if !self.swap_due() {
-            return Ok(TABLES[self.appending]);
+            return Ok((TABLES[self.appending], self.last_rowid[self.appending]));
         }
         let next = 1 - self.appending;
         tx.prepare_cached(
@@ -158,13 +169,7 @@ impl Stage {
              moved_through = NULL WHERE name = ?1",
         )?
         .execute([TABLES[next]])?;
-        Ok(TABLES[next])
-    }
-
-    /// The number of the batch's first reading (`n`, write order); the batch numbers its
-    /// readings from there, and the next batch starts after them (see [`committed`](Self::committed)).
-    pub(super) fn next_write_number(&self) -> i64 {
-        self.next_n
+        Ok((TABLES[next], self.last_rowid[next]))
     }
 
     fn swap_due(&self) -> bool {
@@ -185,7 +190,7 @@ impl Stage {
             self.appended = 0;
             self.since = None;
         }
-        self.next_n += rows as i64;
+        self.last_rowid[self.appending] += rows as i64;
         if rows > 0 {
             self.appended += rows;
             self.since.get_or_insert_with(Instant::now);
@@ -208,25 +213,39 @@ impl Stage {
         let budget = self.limits.move_rows.max(self.last_batch).max(1);
         let started = Instant::now();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // The device at the budget's row (all of its readings go too), or None: the rest.
+        // The device whose readings reach the budget (all of them go), or None: the rest.
         let upper: Option<i64> = match from {
             None => None,
-            Some(from) => tx
-                .prepare_cached(&format!(
-                    "SELECT device_id FROM {table} WHERE device_id >= ?1 \
-                     ORDER BY device_id LIMIT 1 OFFSET ?2"
-                ))?
-                .query_row((from, budget as i64), |r| r.get(0))
-                .optional()?,
+            Some(from) => {
+                let mut per_device = tx.prepare_cached(&format!(
+                    "SELECT device_id, sum(last - first + 1) FROM {table}_ranges \
+                     WHERE device_id >= ?1 GROUP BY device_id ORDER BY device_id"
+                ))?;
+                let mut devices = per_device.query([from])?;
+                let mut taken = 0u64;
+                let mut upper = None;
+                while let Some(row) = devices.next()? {
+                    taken += row.get::<_, i64>(1)? as u64;
+                    if taken >= budget {
+                        upper = Some(row.get(0)?);
+                        break;
+                    }
+                }
+                upper
+            }
         };
+        // CROSS JOIN and NOT INDEXED pin the plan: each range row, then its rowids (without
+        // statistics SQLite may otherwise scan the table or build a temporary index over it).
         let moved = match from {
             None => 0,
             Some(from) => tx
                 .prepare_cached(&format!(
                     "INSERT INTO readings (device_id, channel, ts_us, seq, quality, value) \
-                     SELECT device_id, channel, ts_us, seq, quality, value FROM {table} \
-                     WHERE device_id >= ?1 AND device_id <= ?2 \
-                     ORDER BY device_id, channel, ts_us, seq, n"
+                     SELECT t.device_id, t.channel, t.ts_us, t.seq, t.quality, t.value \
+                     FROM {table}_ranges r CROSS JOIN {table} t NOT INDEXED \
+                     ON t.rowid BETWEEN r.first AND r.last AND t.device_id = r.device_id \
+                     WHERE r.device_id >= ?1 AND r.device_id <= ?2 \
+                     ORDER BY t.device_id, t.channel, t.ts_us, t.seq, t.rowid"
                 ))?
                 .execute((from, upper.unwrap_or(i64::MAX)))? as u64,
         };
@@ -238,7 +257,7 @@ impl Stage {
             None => {
                 // Everything is in `readings` now: one DELETE without WHERE drops the pages whole.
                 tx.execute_batch(&format!(
-                    "DELETE FROM {table}; \
+                    "DELETE FROM {table}; DELETE FROM {table}_ranges; \
                      UPDATE staging_state SET moved_through = NULL WHERE name = '{table}';"
                 ))?;
             }
@@ -246,6 +265,9 @@ impl Stage {
         tx.commit()?;
         metrics::histogram!(m::MOVE_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::MOVED_READINGS).increment(moved);
+        if upper.is_none() {
+            self.last_rowid[moving.table] = 0;
+        }
         self.moving = upper.map(|upper| Moving {
             table: moving.table,
             moved_through: Some(upper),

@@ -290,24 +290,25 @@ impl Writer {
 /// Readings one multi-row `INSERT` statement of a batch takes.
 const ROWS_PER_INSERT: usize = 32;
 
-/// `INSERT INTO {table} (...) VALUES (?, ...), ...` for `rows` readings.
+/// `INSERT INTO {table} (rowid, ...) VALUES (?, ...), ...` for `rows` readings.
 fn insert_rows(table: &str, rows: usize) -> String {
     let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
     format!(
-        "INSERT INTO {table} (device_id, n, channel, ts_us, seq, quality, value) VALUES {values}"
+        "INSERT INTO {table} (rowid, device_id, channel, ts_us, seq, quality, value) \
+         VALUES {values}"
     )
 }
 
-/// Binds `row`, written as number `n`, to the seven parameters after the first `offset` of an
+/// Binds `row`, stored at `rowid`, to the seven parameters after the first `offset` of an
 /// `insert_rows` statement.
 fn bind_row(
     statement: &mut rusqlite::Statement<'_>,
     offset: usize,
     row: &Row,
-    n: i64,
+    rowid: i64,
 ) -> rusqlite::Result<()> {
-    statement.raw_bind_parameter(offset + 1, row.device_id as i64)?;
-    statement.raw_bind_parameter(offset + 2, n)?;
+    statement.raw_bind_parameter(offset + 1, rowid)?;
+    statement.raw_bind_parameter(offset + 2, row.device_id as i64)?;
     statement.raw_bind_parameter(offset + 3, row.channel)?;
     statement.raw_bind_parameter(offset + 4, row.ts_us)?;
     statement.raw_bind_parameter(offset + 5, row.seq as i64)?;
@@ -325,27 +326,37 @@ fn write_batch(
     if batch.rows.is_empty() && batch.dedup.is_empty() && batch.last_seen.is_empty() {
         return Ok(());
     }
+    // Grouped by device (stable: each device's readings stay in write order), so each device's
+    // readings take consecutive rowids: one `ranges` row per device, appended at the table's end.
+    let mut rows: Vec<&Row> = batch.rows.iter().collect();
+    rows.sort_by_key(|r| r.device_id);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let table = stage.table_for_batch(&tx)?;
+    let (table, base) = stage.table_for_batch(&tx)?;
     {
-        // In arrival order, numbered: a frame's readings are consecutive, so they go to one
-        // page of the staging table (clustered by device, then number). `ROWS_PER_INSERT` rows per statement: one bind-and-step
-        // round trip instead of one per reading.
-        let mut n = stage.next_write_number();
         let mut many = tx.prepare_cached(&insert_rows(table, ROWS_PER_INSERT))?;
-        let mut chunks = batch.rows.chunks_exact(ROWS_PER_INSERT);
+        let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+        let mut rowid = base;
         for chunk in &mut chunks {
             for (i, row) in chunk.iter().enumerate() {
-                bind_row(&mut many, i * 7, row, n)?;
-                n += 1;
+                rowid += 1;
+                bind_row(&mut many, i * 7, row, rowid)?;
             }
             many.raw_execute()?;
         }
         let mut one = tx.prepare_cached(&insert_rows(table, 1))?;
         for row in chunks.remainder() {
-            bind_row(&mut one, 0, row, n)?;
-            n += 1;
+            rowid += 1;
+            bind_row(&mut one, 0, row, rowid)?;
             one.raw_execute()?;
+        }
+        let mut range = tx.prepare_cached(&format!(
+            "INSERT INTO {table}_ranges (device_id, first, last) VALUES (?1, ?2, ?3)"
+        ))?;
+        let mut start = base + 1;
+        for run in rows.chunk_by(|a, b| a.device_id == b.device_id) {
+            let last = start + run.len() as i64 - 1;
+            range.execute((run[0].device_id as i64, start, last))?;
+            start = last + 1;
         }
         let mut dedup = tx.prepare_cached(UPSERT_DEDUP)?;
         for (device_id, window) in &batch.dedup {
