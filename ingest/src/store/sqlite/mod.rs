@@ -69,10 +69,13 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITER_QUEUE: usize = 16;
 /// Page cache of the writer connection, KiB: holds the hot right edge of every series' index.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
-/// The writer checkpoints after a commit that leaves this many pages in the WAL (64 MiB of
-/// 4 KiB pages). The background checkpointer has copied most of them by then, so this mostly
-/// lets the WAL restart from its beginning; it bounds the WAL if the background copy lags.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+/// The writer checkpoints after a commit that leaves this many pages in the WAL (1 GiB of 4 KiB
+/// pages): only a bound for when the background checkpointer lags (readers holding old
+/// snapshots). Normally that thread copies every page and the WAL restarts from its beginning at
+/// the next write, so the writer never checkpoints itself: at 16,384 pages (64 MiB) a commit or
+/// move that crossed the mark ran the checkpoint inside the write lock, 50-100 ms every few
+/// seconds, which was most of the half-load ack p99 (74 -> 21-24 ms at 160k readings/s).
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 262_144;
 /// How often the background checkpointer copies committed WAL pages into the database file.
 /// Often, so the writer's own checkpoint (which stalls every ack behind it) finds little left to
 /// copy: 250 -> 50 ms halved the half-load ack p99 with sync full (median of 4 runs: 160 -> 109
