@@ -69,13 +69,15 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITER_QUEUE: usize = 16;
 /// Page cache of the writer connection, KiB: holds the hot right edge of every series' index.
 const WRITER_CACHE_KIB: i64 = 64 * 1024;
-/// The writer checkpoints after a commit that leaves this many pages in the WAL (1 GiB of 4 KiB
-/// pages): only a bound for when the background checkpointer lags (readers holding old
-/// snapshots). Normally that thread copies every page and the WAL restarts from its beginning at
-/// the next write, so the writer never checkpoints itself: at 16,384 pages (64 MiB) a commit or
-/// move that crossed the mark ran the checkpoint inside the write lock, 50-100 ms every few
-/// seconds, which was most of the half-load ack p99 (74 -> 21-24 ms at 160k readings/s).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 262_144;
+/// The writer checkpoints after a commit that leaves this many pages in the WAL (256 MiB of 4 KiB
+/// pages). Under steady writes the background checkpointer never finds the WAL fully copied at
+/// the start of a write, so the WAL only restarts from its beginning after such a checkpoint,
+/// which runs inside the write lock. Smaller: more frequent stalls (at 64 MiB, 50-100 ms every
+/// few seconds at 160k readings/s); larger: every page read searches more WAL-index segments and
+/// the stall is rarer but longer. A/B at 1,000 devices x 64 readings, sync full (BENCHMARKS.md,
+/// "WAL size"): at ~300k readings/s offered, 64 MiB / 256 MiB / 1 GiB acked 278k / 285k / 276k
+/// readings/s with ack p99 304 / 141 / 499 ms.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 65_536;
 /// How often the background checkpointer copies committed WAL pages into the database file.
 /// Often, so the writer's own checkpoint (which stalls every ack behind it) finds little left to
 /// copy: 250 -> 50 ms halved the half-load ack p99 with sync full (median of 4 runs: 160 -> 109
