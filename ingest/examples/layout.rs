@@ -4,7 +4,8 @@
 //!
 //! - **direct** (the store today): each commit inserts `COMMIT_FRAMES` frames into `readings`,
 //!   sorted in `readings_series` order, as the server's writer does.
-//! - **staging** (a candidate, not in the store): each commit appends the same frames, in
+//! - **staging** (the candidate this measured; the store now stages in a cheaper form, see
+//!   `ingest/src/store/sqlite/stage.rs`, so "direct" is the store before that): each commit appends the same frames, in
 //!   arrival order, to an unindexed-by-series `staging` table (index on `device_id` only, so a
 //!   frame dirties one index page, not one per channel); then everything staged is moved into
 //!   `readings` in transactions of `CHUNK_DEVICES` devices each, sorted by series, and the

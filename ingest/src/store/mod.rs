@@ -121,6 +121,19 @@ pub enum Agg {
     Last,
 }
 
+impl Agg {
+    /// Every aggregate function, in declaration order (`agg as usize` indexes it).
+    pub const ALL: [Agg; 7] = [
+        Agg::Avg,
+        Agg::Min,
+        Agg::Max,
+        Agg::Sum,
+        Agg::Count,
+        Agg::First,
+        Agg::Last,
+    ];
+}
+
 /// Time-bucketed aggregate of one device and channel over `[from_us, to_us)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AggQuery {

@@ -62,7 +62,7 @@ struct Statements {
     range_keys: String,
     /// `range_after` without the values.
     range_keys_after: String,
-    /// One aggregate statement per [`Agg`], in the enum's order.
+    /// One aggregate statement per [`Agg`], in the order of [`Agg::ALL`].
     aggregates: [String; 7],
     /// The staged readings of device `?1`, with their write order (for `latest`).
     staged_of_device: String,
@@ -125,31 +125,13 @@ impl Statements {
             range_after: ordered("ts_us, seq, quality, value", &format!("{SERIES}{AFTER}")),
             range_keys: ordered("ts_us, seq", SERIES),
             range_keys_after: ordered("ts_us, seq", &format!("{SERIES}{AFTER}")),
-            aggregates: [
-                Agg::Avg,
-                Agg::Min,
-                Agg::Max,
-                Agg::Sum,
-                Agg::Count,
-                Agg::First,
-                Agg::Last,
-            ]
-            .map(aggregate),
+            aggregates: Agg::ALL.map(aggregate),
             staged_of_device,
         }
     }
 
     fn aggregate(&self, agg: Agg) -> &str {
-        let i = match agg {
-            Agg::Avg => 0,
-            Agg::Min => 1,
-            Agg::Max => 2,
-            Agg::Sum => 3,
-            Agg::Count => 4,
-            Agg::First => 5,
-            Agg::Last => 6,
-        };
-        &self.aggregates[i]
+        &self.aggregates[agg as usize]
     }
 }
 
