@@ -4,6 +4,7 @@
 # readings/s, ack p50/p99 ms, lost, and the server's store metrics at the end of sending.
 #
 #   bench/server_load.sh BINARY RATE [DUR] [DEVICES]     (RATE: frames/s per device, 64 readings each)
+#   SERVER_ARGS='--staging-rows 4000000' bench/server_load.sh ...   (extra server flags)
 #   e.g. for b in /tmp/ingest-a /tmp/ingest-b; do bench/server_load.sh $b 2.5 30s; done
 set -euo pipefail
 bin=${1:?server binary}; rate=${2:?frames/s per device}; dur=${3:-30s}; devices=${4:-1000}
@@ -13,7 +14,7 @@ sim="$root/target/release/firmware-sim"
 dir=$(mktemp -d /tmp/telemux-load-XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 RUST_LOG=warn "$bin" --listen "127.0.0.1:$port" --data-dir "$dir" --connect-rate-per-ip 100000 \
-  --connect-burst-per-ip 100000 --max-connections 200000 > "$dir/server.log" 2>&1 &
+  --connect-burst-per-ip 100000 --max-connections 200000 ${SERVER_ARGS:-} > "$dir/server.log" 2>&1 &
 server=$!
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do [ -f "$dir/token-secret" ] && break; sleep 0.1; done

@@ -9,9 +9,8 @@
 //! Per device the readings of a frame have strictly increasing (ts_us, channel), all after the
 //! previous frame's, so "in order" is "(ts_us, channel) strictly increases per device".
 
-use std::collections::HashMap;
-
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::ledger::{FrameRef, Ledger};
@@ -98,7 +97,7 @@ pub struct Checker {
     /// When the subscription was confirmed (Unix us): frames sent later must all arrive.
     subscribed_at_us: i64,
     /// Subscribed devices by id.
-    tracks: HashMap<u64, Track>,
+    tracks: FxHashMap<u64, Track>,
     /// Whether positions must be contiguous (subscribed to every device).
     contiguous: bool,
     /// Position of the last record of the previous frame (the subscribe reply's at first).
@@ -196,7 +195,7 @@ impl Checker {
             None => true,
         };
         if next_frame {
-            let Some(g) = ledger.frame_of(t.index, ts) else {
+            let Some(g) = ledger.frame_of_after(t.index, ts, t.frame.map(|f| f.index)) else {
                 self.counts.unexpected_readings += 1;
                 return;
             };

@@ -75,7 +75,26 @@ impl Ledger {
     /// The frame a reading at `ts` belongs to (the first frame whose last reading is at or
     /// after `ts`), or `None` if the device sent no such frame.
     pub fn frame_of(&self, index: usize, ts: i64) -> Option<FrameRef> {
+        self.frame_of_after(index, ts, None)
+    }
+
+    /// [`Ledger::frame_of`] for a client that last saw frame `previous` of this device: it
+    /// looks at the next frame first (a client reading in order nearly always wants it), and
+    /// only searches the ledger when that is not it.
+    pub fn frame_of_after(
+        &self,
+        index: usize,
+        ts: i64,
+        previous: Option<usize>,
+    ) -> Option<FrameRef> {
         let frames = self.devices.get(index)?.lock().ok()?;
+        if let Some(p) = previous {
+            let next = p + 1;
+            let fits = |i: usize| frames.get(i).is_some_and(|e| e.last_ts >= ts);
+            if fits(next) && frames.get(p).is_some_and(|e| e.last_ts < ts) {
+                return Self::at(&frames, next);
+            }
+        }
         let i = frames.partition_point(|e| e.last_ts < ts);
         Self::at(&frames, i)
     }
@@ -123,6 +142,16 @@ mod tests {
         assert_eq!((f.index, f.last_ts, f.before, f.cum), (1, 2_000, 3, 6));
         assert_eq!(l.frame_of(0, 2_000).map(|f| f.index), Some(1));
         assert_eq!(l.frame_of(0, 3_001), None);
+        // The next-frame shortcut gives what the search gives, and falls back when it misses.
+        for ts in [0, 1_000, 1_001, 2_000, 2_500, 3_000, 3_001] {
+            for previous in [None, Some(0), Some(1), Some(2), Some(7)] {
+                assert_eq!(
+                    l.frame_of_after(0, ts, previous),
+                    l.frame_of(0, ts),
+                    "{ts} {previous:?}"
+                );
+            }
+        }
         assert_eq!(l.first_after(0, 2_000).map(|f| f.index), Some(2));
         assert_eq!(l.first_after(0, 0).map(|f| f.index), Some(0));
         assert_eq!(l.totals(0), (3, 8));

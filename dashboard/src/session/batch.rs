@@ -51,7 +51,13 @@ impl Session {
                 .flatten();
             return self.overflow(lost, now);
         }
-        found.sort_unstable_by_key(|(p, _)| *p);
+        // Each device's readings come newest first: one device (the usual wake-up) only needs
+        // reversing; several need sorting.
+        if found.is_sorted_by(|a, b| a.0 > b.0) {
+            found.reverse();
+        } else {
+            found.sort_unstable_by_key(|(p, _)| *p);
+        }
         if self.subs.iter().any(|s| s.start > cursor) {
             // A subscription made after a resume starts later than the cursor.
             found.retain(|(p, r)| self.classify(*p, r.device_id.get()).is_some());

@@ -153,6 +153,8 @@ pub struct Session {
     inbox: Arc<Inbox>,
     /// The last step left readings after the cursor (ask again without waiting for a wake).
     more: bool,
+    /// Counters of what was sent.
+    sent: SentCounters,
 }
 
 impl Drop for Session {
@@ -185,6 +187,7 @@ impl Session {
             client,
             inbox,
             more: true,
+            sent: SentCounters::new(format),
         }
     }
 
@@ -553,12 +556,31 @@ impl Session {
     }
 
     fn count_sent(&self, readings: usize) {
-        metrics::counter!(m::READINGS_FANNED_OUT).increment(readings as u64);
-        let label = match self.format {
+        self.sent.readings.increment(readings as u64);
+        self.sent.frames.increment(1);
+    }
+}
+
+/// The counters every data frame sent bumps, looked up in the metrics registry once per client
+/// instead of once per frame (a labelled lookup hashes its key: ~1% of the server at 100k
+/// frames/s out).
+struct SentCounters {
+    /// Readings delivered to this client.
+    readings: metrics::Counter,
+    /// Frames sent, labelled with the client's format.
+    frames: metrics::Counter,
+}
+
+impl SentCounters {
+    fn new(format: Format) -> SentCounters {
+        let label = match format {
             Format::Binary => "binary",
             Format::Json => "json",
         };
-        metrics::counter!(m::FRAMES_SENT, "format" => label).increment(1);
+        SentCounters {
+            readings: metrics::counter!(m::READINGS_FANNED_OUT),
+            frames: metrics::counter!(m::FRAMES_SENT, "format" => label),
+        }
     }
 }
 
