@@ -225,6 +225,26 @@ def ab(q, baseline):
                  f"{' / '.join(f'{x[1]:.0f}' for x in rs)} |")
     ratio = med([x[0] for x in results["this build"]]) / max(med([x[0] for x in results["baseline"]]), 1)
     t += ["", f"This build / baseline (medians): {ratio:.2f}x."]
+    # Ack latency at half of the baseline's capacity, the same offered load for both builds.
+    half = med([x[0] for x in results["baseline"]]) / 2
+    rate = round(max(half / (devices * readings), 0.1), 2)
+    lat = {"this build": [], "baseline": []}
+    for i in range(runs):
+        for name, binary in [("this build", None), ("baseline", baseline)]:
+            s = Server("full", binary=binary)
+            try:
+                r = sim(s, devices, rate, readings, "20s" if not q else "10s")
+            finally:
+                s.stop()
+            l = r["ack_latency_ms"]
+            lat[name].append((l["p50"], l["p99"], l["max"], r["lost"]))
+            print(f"  ab latency run {i + 1} {name}: p50 {l['p50']:.1f} ms p99 {l['p99']:.1f} ms, lost {r['lost']}", file=sys.stderr)
+    t += ["", f"Ack latency at half the baseline's capacity ({devices * rate * readings:,.0f} readings/s offered, "
+              f"{runs} alternating runs each, sync full):", "",
+          "| server | ack p50 ms, each run | ack p99 ms, each run | median p99 ms | max ms, each run | lost |", "|---|---|---|---:|---|---:|"]
+    for name, rs in lat.items():
+        t.append(f"| {name} | {' / '.join(f'{x[0]:.1f}' for x in rs)} | {' / '.join(f'{x[1]:.1f}' for x in rs)} | "
+                 f"{med([x[1] for x in rs]):.1f} | {' / '.join(f'{x[2]:.0f}' for x in rs)} | {sum(x[3] for x in rs)} |")
     return "\n".join(t)
 
 

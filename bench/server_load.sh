@@ -24,7 +24,7 @@ for _ in $(seq 100); do [ -f "$dir/token-secret" ] && break; sleep 0.1; done
 sim_pid=$!
 secs=${dur%s}
 sleep "$((secs > 2 ? secs - 1 : 1))"
-metrics=$(curl -s "127.0.0.1:$port/metrics" | grep -E '^telemux_(store_move_seconds_(sum|count)|writer_commit_seconds_sum|writer_batch_rows_sum) ' | awk '{printf "%s=%s ", $1, $2}')
+curl -s "127.0.0.1:$port/metrics" > /tmp/last/load-metrics.txt; metrics=$(grep -E "^telemux_(store_move_seconds_(sum|count)|writer_commit_seconds_sum|writer_batch_rows_sum) " /tmp/last/load-metrics.txt | awk '{printf "%s=%s ", $1, $2}')
 wait $sim_pid || true
 python3 - "$dir/sim.json" "$bin" "$metrics" <<'PY'
 import json, sys

@@ -54,8 +54,9 @@ pub struct StagingLimits {
     pub age: Duration,
     /// Readings one move transaction takes at least (whole devices, so it may take more; default
     /// 2,048: about 3 ms of write lock on the benchmark machine, which the next batch may wait
-    /// for). A step also takes as many as the last batch brought, so moving keeps pace with
-    /// appending.
+    /// for). Steps run while no batch waits; once moving falls behind appending (see
+    /// `Stage::move_behind`) a step follows every batch and takes twice what it brought, so
+    /// moving catches up.
     pub move_rows: u64,
 }
 
@@ -152,6 +153,16 @@ impl Stage {
         self.moving.is_some()
     }
 
+    /// Whether moving has fallen behind: the appending table is due for its swap while the
+    /// other one is still being moved. Steps then run after every batch and take twice as many
+    /// readings as the last batch brought; otherwise they take `move_rows` and run only while
+    /// no batch waits.
+    pub(super) fn move_behind(&self) -> bool {
+        self.moving.is_some()
+            && (self.appended >= self.limits.rows
+                || self.since.is_some_and(|t| t.elapsed() >= self.limits.age))
+    }
+
     /// The table a batch appends to, after making it the newest generation if the current one
     /// is due for moving (within `tx`, the batch's transaction), and the greatest rowid it has
     /// given out (the batch takes the rowids after it). Call [`committed`](Self::committed) once
@@ -210,7 +221,14 @@ impl Stage {
             None => Some(i64::MIN),
             Some(d) => d.checked_add(1),
         };
-        let budget = self.limits.move_rows.max(self.last_batch).max(1);
+        // Behind, a step takes twice what the last batch appended: the moving table drains
+        // while the appending one grows by at most half as much, so neither grows without end.
+        let budget = if self.move_behind() {
+            self.limits.move_rows.max(self.last_batch.saturating_mul(2))
+        } else {
+            self.limits.move_rows
+        }
+        .max(1);
         let started = Instant::now();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // The device whose readings reach the budget (all of them go), or None: the rest.

@@ -169,7 +169,11 @@ impl Writer {
                 self.handle(command);
             }
             self.delete_step();
-            self.move_step();
+            // Moving waits while batches queue (they carry acks), unless moving has fallen
+            // behind appending: then one step follows every batch, so it keeps pace.
+            if commands.is_empty() || self.stage.move_behind() {
+                self.move_step();
+            }
         }
     }
 
