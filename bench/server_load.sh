@@ -29,5 +29,5 @@ wait $sim_pid || true
 python3 - "$dir/sim.json" "$bin" "$metrics" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); l = r["ack_latency_ms"]
-print(f"{sys.argv[2]}: acked {r['readings_acked_per_s']:,.0f} readings/s, ack p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms, lost {r['lost']} | {sys.argv[3]}")
+print(f"{sys.argv[2]}: acked {r['readings_acked_per_s']:,.0f} readings/s, ack p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms, p99.9 {l['p999']:.1f} ms, max {l['max']:.0f} ms, lost {r['lost']} | {sys.argv[3]}")
 PY
