@@ -25,12 +25,16 @@ const CHURN: StagingLimits = StagingLimits {
     move_rows: 5,
 };
 
-fn open_churning(dir: &Path) -> SqliteStore {
-    let options = SqliteOptions {
-        staging: CHURN,
+/// Default options with these staging limits.
+fn staging(limits: StagingLimits) -> SqliteOptions {
+    SqliteOptions {
+        staging: limits,
         ..Default::default()
-    };
-    SqliteStore::open(&dir.join(DB_FILE), options).expect("open store")
+    }
+}
+
+fn open_churning(dir: &Path) -> SqliteStore {
+    SqliteStore::open(&dir.join(DB_FILE), staging(CHURN)).expect("open store")
 }
 
 /// Read straight from the file: (readings in `readings`, every stored reading through the
@@ -122,14 +126,11 @@ async fn a_move_interrupted_by_close_finishes_exactly_once() {
     let path = dir.path().join(DB_FILE);
     // Three batches fill the appending table; a one-reading batch hands it to the mover, which
     // then moves one device (and fsyncs) per step: the close comes long before the last step.
-    let options = SqliteOptions {
-        staging: StagingLimits {
-            rows: 3 * DEVICES * 2,
-            age: Duration::from_secs(3600),
-            move_rows: 1,
-        },
-        ..Default::default()
-    };
+    let options = staging(StagingLimits {
+        rows: 3 * DEVICES * 2,
+        age: Duration::from_secs(3600),
+        move_rows: 1,
+    });
     let store = SqliteStore::open(&path, options.clone()).expect("open");
     for seq in 1..=3 {
         store
@@ -188,14 +189,11 @@ async fn a_staging_table_cleared_part_way_is_finished_after_reopen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(DB_FILE);
     // Nothing is moved on its own: the table never reaches its row or age limit.
-    let options = SqliteOptions {
-        staging: StagingLimits {
-            rows: 1_000_000,
-            age: Duration::from_secs(3600),
-            move_rows: 2_048,
-        },
-        ..Default::default()
-    };
+    let options = staging(StagingLimits {
+        rows: 1_000_000,
+        age: Duration::from_secs(3600),
+        move_rows: 2_048,
+    });
     let store = SqliteStore::open(&path, options.clone()).expect("open");
     for seq in 1..=3 {
         store
@@ -426,10 +424,7 @@ async fn moving_keeps_pace_while_batches_queue() {
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join(DB_FILE);
-    let options = SqliteOptions {
-        staging: LIMITS,
-        ..Default::default()
-    };
+    let options = staging(LIMITS);
     let store = Arc::new(SqliteStore::open(&path, options).expect("open store"));
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {

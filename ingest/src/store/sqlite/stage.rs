@@ -166,9 +166,13 @@ impl Stage {
     /// readings as the last batch brought; otherwise they take `move_rows` and run only while
     /// no batch waits.
     pub(super) fn move_behind(&self) -> bool {
-        self.moving.is_some()
-            && (self.appended >= self.limits.rows
-                || self.since.is_some_and(|t| t.elapsed() >= self.limits.age))
+        self.moving.is_some() && self.appending_due()
+    }
+
+    /// Whether the appending table has reached its row or age limit.
+    fn appending_due(&self) -> bool {
+        self.appended >= self.limits.rows
+            || self.since.is_some_and(|t| t.elapsed() >= self.limits.age)
     }
 
     /// The table a batch appends to, after making it the newest generation if the current one
@@ -192,10 +196,7 @@ impl Stage {
     }
 
     fn swap_due(&self) -> bool {
-        self.moving.is_none()
-            && self.appended > 0
-            && (self.appended >= self.limits.rows
-                || self.since.is_some_and(|t| t.elapsed() >= self.limits.age))
+        self.moving.is_none() && self.appended > 0 && self.appending_due()
     }
 
     /// Records a committed batch of `rows` readings appended to `table`.
@@ -284,25 +285,22 @@ impl Stage {
             Some(upper) => {
                 set_moved_through(upper)?;
             }
-            None if self.move_behind() => {
-                // Everything is in `readings` and the next table is due: one DELETE without
-                // WHERE drops the pages whole (the cheapest way, but it holds the write lock
-                // for ~0.35 s per million readings).
-                tx.execute_batch(&format!(
-                    "DELETE FROM {table}; DELETE FROM {table}_ranges; \
-                     UPDATE staging_state SET moved_through = NULL WHERE name = '{table}';"
-                ))?;
-                emptied = true;
-            }
             None => {
-                // Everything is in `readings`: every device counts as moved (no read sees these
-                // rows any more) and the rows go `CLEAR_ROWS` at a time, so no single step
-                // holds the write lock for long.
-                set_moved_through(i64::MAX)?;
-                tx.prepare_cached(&format!(
-                    "DELETE FROM {table} WHERE rowid < (SELECT min(rowid) FROM {table}) + ?1"
-                ))?
-                .execute([CLEAR_ROWS])?;
+                if self.move_behind() {
+                    // The next table is due: one DELETE without WHERE drops the pages whole (the
+                    // cheapest way, but it holds the write lock for ~0.35 s per million readings).
+                    tx.execute_batch(&format!("DELETE FROM {table}"))?;
+                } else {
+                    // Every device counts as moved (no read sees these rows any more) and the
+                    // rows go `CLEAR_ROWS` at a time, so no single step holds the write lock long.
+                    if moving.moved_through != Some(i64::MAX) {
+                        set_moved_through(i64::MAX)?;
+                    }
+                    tx.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE rowid < (SELECT min(rowid) FROM {table}) + ?1"
+                    ))?
+                    .execute([CLEAR_ROWS])?;
+                }
                 let left: bool =
                     tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| {
                         r.get(0)
