@@ -35,6 +35,9 @@ pub const ROWS_STORED: &str = "telemux_rows_stored_total";
 pub const BATCH_ROWS: &str = "telemux_writer_batch_rows";
 /// Seconds per batch commit (histogram).
 pub const COMMIT_SECONDS: &str = "telemux_writer_commit_seconds";
+/// Seconds from a frame's acceptance (queue space reserved) to its ack: batching wait, the
+/// commit ahead of it and its own commit (histogram). What a device sees, minus the network.
+pub const ACK_WAIT_SECONDS: &str = "telemux_writer_ack_wait_seconds";
 /// Failed commit attempts (retried; nothing is dropped) (counter).
 pub const COMMIT_ERRORS: &str = "telemux_writer_commit_errors_total";
 /// Frames waiting for the writer (gauge).
@@ -63,6 +66,11 @@ const BATCH_BUCKETS: &[f64] = &[
 /// Histogram buckets for commit latency (seconds).
 const COMMIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+/// Histogram buckets for ack waits (seconds): fine around a 25 ms target.
+const ACK_WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25,
+    0.5, 1.0, 5.0,
 ];
 
 /// Unlabelled counters exported (at 0) before their first event.
@@ -103,6 +111,12 @@ pub fn handle() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(MOVE_SECONDS.into()),
                         COMMIT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(ACK_WAIT_SECONDS.into()),
+                        ACK_WAIT_BUCKETS,
                     )
                 });
             let recorder = match builder {

@@ -233,6 +233,11 @@ async fn commit(store: &dyn Store, items: &mut Vec<Accepted>, rows: usize, healt
     for (device, _) in touched.values() {
         device.lock().publish_ack();
     }
+    let acked_us = crate::now_us();
+    let wait = metrics::histogram!(m::ACK_WAIT_SECONDS);
+    for item in items.iter() {
+        wait.record((acked_us - item.received_us).max(0) as f64 / 1e6);
+    }
     let done = items.len() as u64;
     items.clear(); // releases the reservations: queue space frees up
     let left = health.pending.fetch_sub(done, Ordering::AcqRel) - done;

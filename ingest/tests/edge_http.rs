@@ -83,6 +83,7 @@ async fn metrics_count_accepted_refused_duplicate_frames_and_acks() {
     for name in [
         "telemux_writer_batch_rows_count",
         "telemux_writer_commit_seconds_count",
+        "telemux_writer_ack_wait_seconds_count",
     ] {
         assert!(metric(&after, name, &[]) >= 1.0, "{name} in:\n{after}");
     }

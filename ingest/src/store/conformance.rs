@@ -51,6 +51,7 @@ pub async fn run_all(store: &dyn Store) {
     aggregates_match_independent_computation(store).await;
     dedup_windows_round_trip_with_their_batch(store).await;
     presence_and_last_seen_are_listed(store).await;
+    a_presence_storm_lands_in_order(store).await;
     revocations_move_only_forward(store).await;
     delete_older_than_removes_exactly_old_rows(store).await;
     ping_succeeds(store).await;
@@ -609,6 +610,60 @@ pub async fn presence_and_last_seen_are_listed(store: &dyn Store) {
         Some(1_500),
         "presence does not touch last seen"
     );
+}
+
+/// A fleet reconnecting at once: many presence changes queued together (with other writes
+/// between them) are all recorded, in the order they were made.
+pub async fn a_presence_storm_lands_in_order(store: &dyn Store) {
+    const N: u64 = 300;
+    let presence = |i: u64, online: bool, connected_at_us: i64, port: u16| Presence {
+        device_id: device(11, i),
+        online,
+        connected_at_us,
+        at_us: connected_at_us,
+        remote_addr: format!("192.0.2.3:{port}"),
+    };
+    // Per device, in this order: connect (1000), reconnect (2000), the first connection's late
+    // disconnect (ignored: older), then every third device disconnects for good; a batch with
+    // last-seen times is queued in the middle of the storm.
+    let mut changes = Vec::new();
+    for i in 0..N {
+        changes.push(presence(i, true, 1_000, 1));
+        changes.push(presence(i, true, 2_000, 2));
+    }
+    for i in 0..N {
+        changes.push(presence(i, false, 1_000, 1));
+        if i.is_multiple_of(3) {
+            changes.push(presence(i, false, 2_000, 2));
+        }
+    }
+    let (first, second) = changes.split_at(changes.len() / 2);
+    let send = |list: &[Presence]| {
+        futures_util::future::join_all(list.iter().map(|p| store.set_presence(p.clone())))
+    };
+    let seen = WriteBatch {
+        last_seen: (0..N).map(|i| (device(11, i), 5_000)).collect(),
+        ..WriteBatch::default()
+    };
+    let (a, batch, b) = tokio::join!(send(first), store.write_batch(seen), send(second));
+    for result in a.into_iter().chain(b) {
+        result.expect("presence");
+    }
+    batch.expect("last seen");
+
+    let all = store.devices().await.expect("devices");
+    let mine: Vec<_> = all
+        .into_iter()
+        .filter(|d| (device(11, 0)..device(11, N)).contains(&d.device_id))
+        .collect();
+    assert_eq!(mine.len(), N as usize, "every device recorded");
+    for d in &mine {
+        let i = d.device_id - device(11, 0);
+        assert_eq!(d.online, !i.is_multiple_of(3), "device {i}: {d:?}");
+        assert_eq!(d.connected_at_us, Some(2_000), "device {i}: {d:?}");
+        assert_eq!(d.remote_addr.as_deref(), Some("192.0.2.3:2"), "device {i}");
+        assert_eq!(d.last_seen_us, Some(5_000), "device {i}");
+    }
 }
 
 /// A revocation only moves forward in time.

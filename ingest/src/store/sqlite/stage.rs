@@ -21,8 +21,8 @@
 //! rows are deleted [`CLEAR_ROWS`] at a time; the step that empties the table also empties its
 //! ranges and clears `moved_through`. (One `DELETE` of a million staged rows held the write lock
 //! for ~0.35 s, and every ack waited for it.) If moving falls behind (the appending table is
-//! due while the other still moves), a step follows every batch, takes twice what the batch
-//! brought, and empties the table with one `DELETE`.
+//! due while the other still moves), a step follows every batch and takes twice what the batch
+//! brought (a clear step at least [`CLEAR_ROWS`]), so moving catches up without a long step.
 //!
 //! # Reads
 //! A staged reading is visible while its device is above its table's `moved_through` (or that is
@@ -286,21 +286,16 @@ impl Stage {
                 set_moved_through(upper)?;
             }
             None => {
-                if self.move_behind() {
-                    // The next table is due: one DELETE without WHERE drops the pages whole (the
-                    // cheapest way, but it holds the write lock for ~0.35 s per million readings).
-                    tx.execute_batch(&format!("DELETE FROM {table}"))?;
-                } else {
-                    // Every device counts as moved (no read sees these rows any more) and the
-                    // rows go `CLEAR_ROWS` at a time, so no single step holds the write lock long.
-                    if moving.moved_through != Some(i64::MAX) {
-                        set_moved_through(i64::MAX)?;
-                    }
-                    tx.prepare_cached(&format!(
-                        "DELETE FROM {table} WHERE rowid < (SELECT min(rowid) FROM {table}) + ?1"
-                    ))?
-                    .execute([CLEAR_ROWS])?;
+                // Every device counts as moved (no read sees these rows any more) and the rows
+                // go `CLEAR_ROWS` at a time (behind: at least the step's budget), so no single
+                // step holds the write lock long.
+                if moving.moved_through != Some(i64::MAX) {
+                    set_moved_through(i64::MAX)?;
                 }
+                tx.prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE rowid < (SELECT min(rowid) FROM {table}) + ?1"
+                ))?
+                .execute([CLEAR_ROWS.max(budget as i64)])?;
                 let left: bool =
                     tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| {
                         r.get(0)
