@@ -33,7 +33,8 @@ pub const IDLE_CLOSED: &str = "telemux_idle_closed_total";
 pub const ROWS_STORED: &str = "telemux_rows_stored_total";
 /// Readings per committed batch (histogram).
 pub const BATCH_ROWS: &str = "telemux_writer_batch_rows";
-/// Seconds per batch commit (histogram).
+/// Seconds per batch commit; under `--sqlite-synchronous full` without the fsync that its acks
+/// then wait for (`telemux_store_fsync_seconds`) (histogram).
 pub const COMMIT_SECONDS: &str = "telemux_writer_commit_seconds";
 /// Seconds from a frame's acceptance (queue space reserved) to its ack: batching wait, the
 /// commit ahead of it and its own commit (histogram). What a device sees, minus the network.
@@ -50,6 +51,9 @@ pub const STAGED_READINGS: &str = "telemux_store_staged_readings";
 pub const MOVED_READINGS: &str = "telemux_store_moved_readings_total";
 /// Seconds per move transaction: how long a move step holds the write lock (histogram).
 pub const MOVE_SECONDS: &str = "telemux_store_move_seconds";
+/// Seconds per fsync of the WAL that acks wait for under `--sqlite-synchronous full`; one fsync
+/// covers every commit that returned before it started (histogram).
+pub const FSYNC_SECONDS: &str = "telemux_store_fsync_seconds";
 /// Readings deleted by the retention job (counter).
 pub const RETENTION_DELETED: &str = "telemux_retention_deleted_total";
 
@@ -110,6 +114,12 @@ pub fn handle() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         metrics_exporter_prometheus::Matcher::Full(MOVE_SECONDS.into()),
+                        COMMIT_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(FSYNC_SECONDS.into()),
                         COMMIT_BUCKETS,
                     )
                 })

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{error, warn};
 
 use crate::devices::Device;
-use crate::store::{Row, Store, WriteBatch};
+use crate::store::{Durable, Row, Store, WriteBatch};
 use crate::telemetry as m;
 
 /// A frame accepted at the edge, waiting for commit.
@@ -150,6 +150,10 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Accepted>,
     health: Arc<WriterHealth>,
 ) {
+    // Acks wait for durability on their own task, so the next batch is built and committed
+    // while the disk flushes the last one; batches are acked in commit order.
+    let (committed, durable) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(ack_when_durable(durable, health.clone()));
     let mut items: Vec<Accepted> = Vec::new();
     loop {
         let Some(first) = rx.recv().await else { break };
@@ -171,7 +175,61 @@ async fn run(
             rows += reading_count(&item.frame);
             items.push(item);
         }
-        commit(&*store, &mut items, rows, &health).await;
+        let batch = commit(&*store, std::mem::take(&mut items), rows).await;
+        // Fails only if the acker panicked; the frames then stay unacked (devices resend them).
+        let _ = committed.send(batch);
+    }
+    drop(committed);
+    let _ = acker.await;
+}
+
+/// A committed batch waiting to be durable before its frames are acked.
+struct Committed {
+    /// Its frames (holding their queue space until acked).
+    items: Vec<Accepted>,
+    /// The devices it touched.
+    devices: Vec<Arc<Device>>,
+    /// Readings in it.
+    rows: usize,
+    durable: Durable,
+}
+
+/// Acks each committed batch, in order, once it is durable. A batch that cannot be made durable
+/// (a failed fsync) is never acked: it and every later batch keep their queue space, so the
+/// queue fills, devices are pushed back and `/readyz` reports the stall until a restart.
+async fn ack_when_durable(
+    mut batches: mpsc::UnboundedReceiver<Committed>,
+    health: Arc<WriterHealth>,
+) {
+    let mut unackable: Vec<Committed> = Vec::new();
+    while let Some(batch) = batches.recv().await {
+        let Committed {
+            items,
+            devices,
+            rows,
+            durable,
+        } = batch;
+        if !unackable.is_empty() {
+            unackable.push(Committed {
+                items,
+                devices,
+                rows,
+                durable: Durable::done(),
+            });
+            continue;
+        }
+        if let Err(e) = durable.wait().await {
+            metrics::counter!(m::COMMIT_ERRORS).increment(1);
+            error!(error = %e, rows, "a committed batch is not durable: nothing more is acked until the server restarts (devices keep and resend their frames)");
+            unackable.push(Committed {
+                items,
+                devices,
+                rows,
+                durable: Durable::done(),
+            });
+            continue;
+        }
+        acked(items, &devices, rows, &health);
     }
 }
 
@@ -179,8 +237,8 @@ fn reading_count(frame: &[u8]) -> usize {
     codecs::decode::view(frame).map_or(0, |f| f.reading_count())
 }
 
-/// Builds the batch, commits it (retrying until it succeeds), then publishes acks.
-async fn commit(store: &dyn Store, items: &mut Vec<Accepted>, rows: usize, health: &WriterHealth) {
+/// Builds the batch and commits it (retrying until it succeeds).
+async fn commit(store: &dyn Store, items: Vec<Accepted>, rows: usize) -> Committed {
     let mut batch = WriteBatch {
         rows: Vec::with_capacity(rows),
         dedup: Vec::new(),
@@ -210,12 +268,12 @@ async fn commit(store: &dyn Store, items: &mut Vec<Accepted>, rows: usize, healt
     }
     let n = batch.rows.len();
     let mut backoff = Duration::from_millis(50);
-    loop {
+    let durable = loop {
         let started = Instant::now();
-        match store.write_batch(batch.clone()).await {
-            Ok(()) => {
+        match store.commit_batch(batch.clone()).await {
+            Ok(durable) => {
                 metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
-                break;
+                break durable;
             }
             Err(e) => {
                 metrics::counter!(m::COMMIT_ERRORS).increment(1);
@@ -224,13 +282,24 @@ async fn commit(store: &dyn Store, items: &mut Vec<Accepted>, rows: usize, healt
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    };
+    Committed {
+        items,
+        devices: touched.into_values().map(|(device, _)| device).collect(),
+        rows: n,
+        durable,
     }
+}
+
+/// Marks a durable batch's frames committed, publishes the devices' acks and frees the queue
+/// space.
+fn acked(mut items: Vec<Accepted>, devices: &[Arc<Device>], n: usize, health: &WriterHealth) {
     metrics::histogram!(m::BATCH_ROWS).record(n as f64);
     metrics::counter!(m::ROWS_STORED).increment(n as u64);
     for item in items.iter() {
         item.device.lock().committed(item.seq);
     }
-    for (device, _) in touched.values() {
+    for device in devices {
         device.lock().publish_ack();
     }
     let acked_us = crate::now_us();
@@ -248,5 +317,103 @@ async fn commit(store: &dyn Store, items: &mut Vec<Accepted>, rows: usize, healt
         .store(if left == 0 { 0 } else { now }, Ordering::Release);
     if left > 0 && n == 0 {
         warn!("committed a batch without readings");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::Verdict;
+    use crate::devices::Registry;
+    use crate::store::StoreError;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+
+    /// Frame `seq` of `device`, admitted at the edge and holding one slot of `queue`.
+    async fn accepted(device: &Arc<Device>, seq: u64, queue: &Arc<Semaphore>) -> Accepted {
+        assert_eq!(device.lock().admit(seq), Verdict::New);
+        let (Ok(frame), Ok(bytes)) = (
+            queue.clone().acquire_owned().await,
+            queue.clone().acquire_owned().await,
+        ) else {
+            panic!("queue closed");
+        };
+        Accepted {
+            device_id: 7,
+            seq,
+            received_us: crate::now_us(),
+            frame: Bytes::new(),
+            device: device.clone(),
+            reservation: Reservation {
+                _frame: frame,
+                _bytes: bytes,
+            },
+        }
+    }
+
+    async fn committed(
+        device: &Arc<Device>,
+        seq: u64,
+        queue: &Arc<Semaphore>,
+        durable: Durable,
+    ) -> Committed {
+        Committed {
+            items: vec![accepted(device, seq, queue).await],
+            devices: vec![device.clone()],
+            rows: 1,
+            durable,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_acked_once_durable_and_nothing_is_acked_after_a_failed_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("t.sqlite3"), SqliteOptions::default())
+            .expect("store");
+        let registry = Registry::new(Arc::new(store), 64);
+        let device = registry.get(7).await.expect("device");
+        let queue = Arc::new(Semaphore::new(100));
+        let health = Arc::new(WriterHealth::default());
+        health.pending.store(3, Ordering::Release);
+        let (batches, receiver) = mpsc::unbounded_channel();
+        let acker = tokio::spawn(ack_when_durable(receiver, health.clone()));
+
+        // Committed, not yet durable: no ack, the queue space stays held.
+        let (synced, pending) = tokio::sync::oneshot::channel();
+        let _ = batches.send(committed(&device, 1, &queue, Durable::pending(pending)).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(device.lock().acked, 0);
+        assert_eq!(queue.available_permits(), 98);
+        let _ = synced.send(Ok(()));
+        for _ in 0..200 {
+            if device.lock().acked == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(device.lock().acked, 1, "acked once durable");
+        assert_eq!(queue.available_permits(), 100, "queue space freed");
+        assert_eq!(health.pending.load(Ordering::Acquire), 2);
+
+        // The next batch's fsync fails: neither it nor a later (durable) batch is acked.
+        let (synced, pending) = tokio::sync::oneshot::channel();
+        let _ = batches.send(committed(&device, 2, &queue, Durable::pending(pending)).await);
+        let _ = batches.send(committed(&device, 3, &queue, Durable::done()).await);
+        let _ = synced.send(Err(StoreError::Database("fsync failed".into())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(device.lock().acked, 1, "nothing acked after the failure");
+        assert_eq!(
+            queue.available_permits(),
+            96,
+            "their queue space stays held"
+        );
+        assert_eq!(
+            health.pending.load(Ordering::Acquire),
+            2,
+            "still pending for /readyz"
+        );
+        drop(batches);
+        acker.await.expect("acker");
+        assert_eq!(device.lock().acked, 1);
+        assert!(device.lock().inflight.contains(&2) && device.lock().inflight.contains(&3));
     }
 }

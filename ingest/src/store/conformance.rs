@@ -52,6 +52,7 @@ pub async fn run_all(store: &dyn Store) {
     dedup_windows_round_trip_with_their_batch(store).await;
     presence_and_last_seen_are_listed(store).await;
     a_presence_storm_lands_in_order(store).await;
+    committed_batches_are_read_at_once_and_made_durable_in_order(store).await;
     revocations_move_only_forward(store).await;
     delete_older_than_removes_exactly_old_rows(store).await;
     ping_succeeds(store).await;
@@ -744,6 +745,41 @@ pub async fn delete_older_than_removes_exactly_old_rows(store: &dyn Store) {
         0,
         "nothing left to delete"
     );
+}
+
+/// A batch is readable as soon as [`Store::commit_batch`] returns, before it is durable; batches
+/// committed back to back, without waiting for durability in between, all become durable and
+/// keep their commit order (the later dedup window wins).
+pub async fn committed_batches_are_read_at_once_and_made_durable_in_order(store: &dyn Store) {
+    let id = device(12, 0);
+    let mut pending = Vec::new();
+    for seq in 1..=20u64 {
+        let mut window = DedupWindow::new(64);
+        for s in 1..=seq {
+            window.insert(s);
+        }
+        let batch = WriteBatch {
+            rows: vec![row(id, 1, seq as i64 * 1_000, seq, seq as f64)],
+            dedup: vec![(id, window)],
+            last_seen: vec![(id, seq as i64)],
+        };
+        let durable = store.commit_batch(batch).await.expect("commit");
+        let rows = all_rows(store, id, 1).await;
+        assert_eq!(rows.len(), seq as usize, "batch {seq} readable once committed");
+        pending.push(durable);
+    }
+    for (i, durable) in pending.into_iter().enumerate() {
+        durable
+            .wait()
+            .await
+            .unwrap_or_else(|e| panic!("batch {} durable: {e}", i + 1));
+    }
+    let window = store
+        .dedup_window(id, 64)
+        .await
+        .expect("dedup window")
+        .expect("stored");
+    assert_eq!(window.high_water(), 20, "the last batch's window stands");
 }
 
 /// `ping` answers Ok on a writable store.

@@ -193,11 +193,44 @@ pub enum StoreError {
     },
 }
 
+/// Resolves once a committed batch would survive power loss (see [`Store::commit_batch`]).
+#[must_use = "a batch is acked only once it is durable"]
+pub struct Durable(Option<tokio::sync::oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Durable {
+    /// A batch that was durable when its commit returned.
+    pub fn done() -> Durable {
+        Durable(None)
+    }
+
+    /// A batch made durable by someone else, who answers on `receiver`.
+    pub fn pending(receiver: tokio::sync::oneshot::Receiver<Result<(), StoreError>>) -> Durable {
+        Durable(Some(receiver))
+    }
+
+    /// Waits until the batch is durable. An error means it may not be (a failed fsync): it must
+    /// not be acked.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            None => Ok(()),
+            Some(receiver) => receiver.await.unwrap_or(Err(StoreError::Closed)),
+        }
+    }
+}
+
 /// The operations the server needs from a time-series store.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Commits the batch's readings, dedup windows and last-seen times in one transaction.
-    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Commits the batch's readings, dedup windows and last-seen times in one transaction, and
+    /// returns once it is durable.
+    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.commit_batch(batch).await?.wait().await
+    }
+    /// Commits like [`write_batch`](Store::write_batch) but returns as soon as the batch is
+    /// committed (visible to reads, ordered before every later batch), with a [`Durable`] that
+    /// resolves once it is on disk: the caller commits its next batch while the disk flushes
+    /// this one, and acks this one after [`Durable::wait`].
+    async fn commit_batch(&self, batch: WriteBatch) -> Result<Durable, StoreError>;
     /// The committed dedup window of a device (`window` is the configured size), if any.
     async fn dedup_window(
         &self,

@@ -7,6 +7,9 @@
 //!   when the store is dropped or [`SqliteStore::close`]d.
 //! - **Readers**: `read_connections` read-only connections, used on `spawn_blocking`. WAL lets
 //!   them read the last committed snapshot while the writer writes.
+//! - **Fsync** (under [`Synchronous::Full`]): answers the writer's commands once an fsync of the
+//!   WAL that started after their commit has finished, so the writer commits the next batch
+//!   while the disk flushes the last (`syncer`).
 //! - **Checkpointer**: copies committed WAL pages into the database file every
 //!   `CHECKPOINT_INTERVAL`, so the writer's own checkpoints (which let the WAL restart) are short.
 //!
@@ -38,6 +41,7 @@ mod read;
 mod retention;
 mod schema;
 mod stage;
+mod syncer;
 mod write;
 
 use std::path::Path;
@@ -50,8 +54,8 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AggQuery, Bucket, DeviceInfo, Latest, Presence, RangeQuery, Revocation, Row, Store, StoreError,
-    WriteBatch,
+    AggQuery, Bucket, DeviceInfo, Durable, Latest, Presence, RangeQuery, Revocation, Row, Store,
+    StoreError, WriteBatch,
 };
 use crate::dedup::DedupWindow;
 use read::{Lane, ReadPool};
@@ -91,7 +95,9 @@ const READER_CACHE_KIB: i64 = 16 * 1024;
 /// How hard a commit is pushed to disk (`PRAGMA synchronous`, WAL mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Synchronous {
-    /// `FULL`: the WAL is fsynced on every commit, so an acked reading survives power loss.
+    /// An acked reading survives power loss: every answer waits for an fsync of the WAL that
+    /// started after its commit (one fsync serves every commit before it; the writer does not
+    /// wait for it, see `syncer`).
     #[default]
     Full,
     /// `NORMAL`: a commit survives a process crash (kill -9) but the last commits before a power
@@ -155,6 +161,20 @@ impl SqliteStore {
         schema::migrate(&mut conn).map_err(open_error)?;
         let stage = stage::Stage::load(&conn, options.staging)
             .map_err(|e| open_error(format!("cannot read the staging state: {e}")))?;
+        // Under FULL, commits skip SQLite's own fsync and the syncer acks after one of its own,
+        // so the writer never waits for the disk (see `syncer`).
+        let syncer = match options.synchronous {
+            Synchronous::Normal => None,
+            Synchronous::Full => {
+                let db_path = conn.path().unwrap_or_default().to_owned();
+                conn.pragma_update(None, "synchronous", "NORMAL")
+                    .map_err(|e| open_error(format!("cannot set synchronous: {e}")))?;
+                Some(
+                    syncer::Syncer::spawn(&db_path)
+                        .map_err(|e| open_error(format!("cannot start the fsync thread: {e}")))?,
+                )
+            }
+        };
         let checkpointer = Connection::open(path)
             .and_then(|c| schema::configure_checkpointer(&c, options.synchronous).map(|()| c))
             .map_err(|e| open_error(format!("checkpoint connection: {e}")))?;
@@ -168,13 +188,12 @@ impl SqliteStore {
         let readers = Arc::new(ReadPool::new(conns));
         let (commands, receiver) = mpsc::channel(WRITER_QUEUE);
         let nice = options.writer_nice;
-        let synchronous = options.synchronous;
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 write::lower_priority(nice);
                 let checkpointer = Checkpointer::spawn(checkpointer, nice);
-                Writer::new(conn, stage, synchronous).run(receiver);
+                Writer::new(conn, stage, syncer).run(receiver);
                 checkpointer.stop();
             })
             .map_err(|e| open_error(format!("cannot start writer thread: {e}")))?;
@@ -238,7 +257,7 @@ fn from_sql(value: Option<f64>) -> f64 {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn write_batch(&self, batch: WriteBatch) -> Result<(), StoreError> {
+    async fn commit_batch(&self, batch: WriteBatch) -> Result<Durable, StoreError> {
         self.call(|reply| Command::Batch(batch, reply)).await
     }
 

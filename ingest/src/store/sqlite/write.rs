@@ -10,8 +10,9 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use super::retention::DeleteJob;
 use super::stage::Stage;
-use super::{CHECKPOINT_INTERVAL, Reply, Synchronous, db, to_sql};
-use crate::store::{Presence, Revocation, Row, StoreError, WriteBatch};
+use super::syncer::Syncer;
+use super::{CHECKPOINT_INTERVAL, Reply, db, to_sql};
+use crate::store::{Durable, Presence, Revocation, Row, StoreError, WriteBatch};
 
 const UPSERT_DEDUP: &str = r#"INSERT INTO dedup (device_id, "window") VALUES (?1, ?2)
      ON CONFLICT (device_id) DO UPDATE SET "window" = excluded."window""#;
@@ -33,8 +34,8 @@ const PRESENCE_GROUP: usize = 1024;
 
 /// What the writer thread is asked to do.
 pub(super) enum Command {
-    /// Commit a batch.
-    Batch(WriteBatch, Reply<()>),
+    /// Commit a batch; the answer comes after the commit, durability after the fsync.
+    Batch(WriteBatch, Reply<Durable>),
     /// Record a connect or disconnect.
     Presence(Presence, Reply<()>),
     /// Add or move forward a revocation.
@@ -43,24 +44,6 @@ pub(super) enum Command {
     DeleteOlderThan(i64, Reply<u64>),
     /// Prove the store accepts writes.
     Ping(Reply<()>),
-}
-
-impl Command {
-    /// Answers the command with `error` without doing it.
-    fn fail(self, error: StoreError) {
-        // A failed send means the caller stopped waiting.
-        match self {
-            Command::Batch(_, reply)
-            | Command::Presence(_, reply)
-            | Command::Revoke(_, reply)
-            | Command::Ping(reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Command::DeleteOlderThan(_, reply) => {
-                let _ = reply.send(Err(error));
-            }
-        }
-    }
 }
 
 /// A thread copying committed WAL pages into the database file (`wal_checkpoint(PASSIVE)`,
@@ -135,21 +118,19 @@ pub(super) struct Writer {
     deletes: VecDeque<DeleteJob>,
     /// The staging tables batches append to, moved into `readings` between commands.
     stage: Stage,
-    /// The store's commit durability (moves relax it, see `move_step`).
-    synchronous: Synchronous,
-    /// The connection runs at `synchronous = NORMAL` for a move, not yet restored.
-    relaxed: bool,
+    /// Under `Synchronous::Full`: sends each answer once the WAL is fsynced after its commit
+    /// (the connection itself runs at `synchronous = NORMAL`). `None`: answers go at once.
+    syncer: Option<Syncer>,
 }
 
 impl Writer {
     /// The writer over the store's only read-write connection.
-    pub(super) fn new(conn: Connection, stage: Stage, synchronous: Synchronous) -> Writer {
+    pub(super) fn new(conn: Connection, stage: Stage, syncer: Option<Syncer>) -> Writer {
         Writer {
             conn,
             deletes: VecDeque::new(),
             stage,
-            synchronous,
-            relaxed: false,
+            syncer,
         }
     }
 
@@ -197,6 +178,23 @@ impl Writer {
                 self.move_step();
             }
         }
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
+        }
+    }
+
+    /// Sends `result` once it is durable: a success after the next fsync (under
+    /// `Synchronous::Full`), a failure at once.
+    fn answer<T: Send + 'static>(&self, reply: Reply<T>, result: Result<T, StoreError>) {
+        // A failed send means the caller stopped waiting; the outcome stands either way.
+        match (result, &self.syncer) {
+            (Ok(value), Some(syncer)) => syncer.after_sync(Box::new(move |synced| {
+                let _ = reply.send(synced.map(|()| value));
+            })),
+            (result, _) => {
+                let _ = reply.send(result);
+            }
+        }
     }
 
     /// Moves the next device range of staged readings into `readings`. A failure (disk full,
@@ -207,46 +205,31 @@ impl Writer {
             return;
         }
         // A move needs no fsync of its own: lost in a power cut, it leaves its readings staged
-        // (still stored, still read), and the next batch's fsync makes it durable anyway
-        // (WAL frames reach the disk in order).
-        if self.synchronous == Synchronous::Full && !self.relaxed {
-            self.relaxed = self
-                .conn
-                .pragma_update(None, "synchronous", "NORMAL")
-                .is_ok();
-        }
-        let moved = self.stage.move_step(&mut self.conn);
-        let _ = self.restore_synchronous();
-        if let Err(e) = moved {
+        // (still stored, still read), and the next batch's fsync makes it durable anyway.
+        if let Err(e) = self.stage.move_step(&mut self.conn) {
             tracing::warn!(error = %e, "moving staged readings failed; retrying");
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
 
-    /// Puts `synchronous` back to FULL after a move relaxed it; until that succeeds, nothing
-    /// else is committed (an ack would not be durable).
-    fn restore_synchronous(&mut self) -> Result<(), StoreError> {
-        if self.relaxed {
-            self.conn
-                .pragma_update(None, "synchronous", "FULL")
-                .map_err(|e| {
-                    StoreError::Database(format!("cannot restore synchronous = FULL: {e}"))
-                })?;
-            self.relaxed = false;
-        }
-        Ok(())
-    }
-
     fn handle(&mut self, command: Command) {
-        if let Err(e) = self.restore_synchronous() {
-            command.fail(e);
-            return;
-        }
-        // A failed send means the caller stopped waiting; the outcome stands either way.
         match command {
             Command::Batch(batch, reply) => {
-                let _ =
-                    reply.send(write_batch(&mut self.conn, &mut self.stage, &batch).map_err(db));
+                let written = write_batch(&mut self.conn, &mut self.stage, &batch).map_err(db);
+                // The caller learns of the commit at once and of its durability after the
+                // fsync, so it can build the next batch meanwhile.
+                let durable = written.map(|()| match &self.syncer {
+                    None => Durable::done(),
+                    Some(syncer) => {
+                        let (synced, durable) = tokio::sync::oneshot::channel();
+                        syncer.after_sync(Box::new(move |result| {
+                            let _ = synced.send(result);
+                        }));
+                        Durable::pending(durable)
+                    }
+                });
+                // A failed send means the caller stopped waiting; the outcome stands either way.
+                let _ = reply.send(durable);
             }
             Command::Presence(p, reply) => self.presence(vec![(p, reply)]),
             Command::Revoke(r, reply) => {
@@ -255,7 +238,7 @@ impl Writer {
                     .prepare_cached(UPSERT_REVOCATION)
                     .and_then(|mut s| s.execute((&r.subject, r.issued_before_s)))
                     .map(drop);
-                let _ = reply.send(result.map_err(db));
+                self.answer(reply, result.map_err(db));
             }
             Command::DeleteOlderThan(cutoff_us, reply) => {
                 self.deletes.push_back(DeleteJob::new(cutoff_us, reply));
@@ -272,7 +255,7 @@ impl Writer {
                     )
                     .and_then(|mut s| s.execute([now_us]))
                     .map(drop);
-                let _ = reply.send(result.map_err(db));
+                self.answer(reply, result.map_err(db));
             }
         }
     }
@@ -281,12 +264,6 @@ impl Writer {
     /// committed. (One transaction each cost a commit, with an fsync, per connect and disconnect:
     /// a fleet of 1,000 reconnecting at once held every ack up for ~0.25 s.)
     fn presence(&mut self, group: Vec<(Presence, Reply<()>)>) {
-        if let Err(e) = self.restore_synchronous() {
-            for (_, reply) in group {
-                let _ = reply.send(Err(StoreError::Database(e.to_string())));
-            }
-            return;
-        }
         let written = (|| {
             let tx = self
                 .conn
@@ -304,12 +281,18 @@ impl Writer {
             }
             tx.commit()
         })();
-        // A failed send means the caller stopped waiting; the outcome stands either way.
-        for (_, reply) in group {
-            let _ = reply.send(match &written {
-                Ok(()) => Ok(()),
-                Err(e) => Err(StoreError::Database(e.to_string())),
-            });
+        let replies: Vec<Reply<()>> = group.into_iter().map(|(_, reply)| reply).collect();
+        let answer_each = move |result: Result<(), String>| {
+            // A failed send means the caller stopped waiting; the outcome stands either way.
+            for reply in replies {
+                let _ = reply.send(result.clone().map_err(StoreError::Database));
+            }
+        };
+        match (written, &self.syncer) {
+            (Ok(()), Some(syncer)) => syncer.after_sync(Box::new(move |synced| {
+                answer_each(synced.map_err(|e| e.to_string()));
+            })),
+            (written, _) => answer_each(written.map_err(|e| e.to_string())),
         }
     }
 
@@ -322,7 +305,7 @@ impl Writer {
             Ok(false) => {}
             Ok(true) => {
                 let job = self.deletes.pop_front().expect("front exists");
-                let _ = job.reply.send(Ok(job.deleted));
+                self.answer(job.reply, Ok(job.deleted));
             }
             Err(e) => {
                 let job = self.deletes.pop_front().expect("front exists");
