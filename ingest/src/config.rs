@@ -93,15 +93,21 @@ pub struct Config {
     #[arg(long, env = "TELEMUX_STORAGE_NICE", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub storage_nice: i32,
 
-    /// Store: readings a staging table takes before the writer moves it into series order
-    /// (README "Sizing the embedded store"). Larger: fewer, cheaper-per-reading moves, and more
-    /// staged rows for a query to scan per device.
+    /// Store: readings a staging table takes at least before the writer moves it into series
+    /// order (README "Sizing the embedded store"). Larger: fewer, cheaper-per-reading moves, and
+    /// more staged rows for a query to scan per device.
     #[arg(long, env = "TELEMUX_STAGING_ROWS", default_value_t = 1_000_000)]
     pub staging_rows: u64,
 
+    /// Store: readings per device a staging table takes before it is moved, so a large fleet
+    /// still moves several readings per series at once (the table's limit is this times the
+    /// devices in it, between `staging_rows` and 16 x `staging_rows`).
+    #[arg(long, env = "TELEMUX_STAGING_ROWS_PER_DEVICE", default_value_t = 1_000)]
+    pub staging_rows_per_device: u64,
+
     /// Store: longest a staging table keeps readings before it is moved, if the row limit is not
     /// reached first (a quiet fleet).
-    #[arg(long, env = "TELEMUX_STAGING_MAX_AGE", default_value = "10s")]
+    #[arg(long, env = "TELEMUX_STAGING_MAX_AGE", default_value = "30s")]
     pub staging_max_age: HumanDuration,
 
     /// Writer: commit a batch once it holds this many readings. Under overload each commit
@@ -536,7 +542,8 @@ mod tests {
         assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.storage_nice, 0);
         assert_eq!(c.staging_rows, 1_000_000);
-        assert_eq!(c.staging_max_age.0, Duration::from_secs(10));
+        assert_eq!(c.staging_rows_per_device, 1_000);
+        assert_eq!(c.staging_max_age.0, Duration::from_secs(30));
     }
 
     #[test]

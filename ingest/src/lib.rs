@@ -87,6 +87,7 @@ pub async fn open(
         writer_nice: config.storage_nice,
         staging: store::sqlite::StagingLimits {
             rows: config.staging_rows,
+            rows_per_device: config.staging_rows_per_device,
             age: config.staging_max_age.0,
             ..Default::default()
         },

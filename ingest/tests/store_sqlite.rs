@@ -21,6 +21,7 @@ fn open(dir: &Path) -> SqliteStore {
 /// reads meet readings in `readings`, in the moving table and in the appending one at once.
 const CHURN: StagingLimits = StagingLimits {
     rows: 7,
+    rows_per_device: 0,
     age: Duration::from_secs(3600),
     move_rows: 5,
 };
@@ -117,6 +118,53 @@ async fn conformance_holds_while_staged_readings_move() {
     );
 }
 
+/// The staging table's row limit grows with the devices in it (`rows_per_device`), counted
+/// again from the table on reopen: a table of 5 devices takes 4 readings each (not the 10 of
+/// `rows`) before it is moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_staging_row_limit_grows_with_the_devices_in_the_table() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(DB_FILE);
+    let options = staging(StagingLimits {
+        rows: 10,
+        rows_per_device: 4,
+        age: Duration::from_secs(3600),
+        move_rows: 1_000,
+    });
+    let store = SqliteStore::open(&path, options.clone()).expect("open");
+    // 5 devices x 2 channels: 10 readings per batch, the limit is 5 x 4 = 20.
+    for seq in 1..=2 {
+        store
+            .write_batch(frames_batch(5, 1, 2, seq))
+            .await
+            .expect("batch");
+    }
+    store.close().await.expect("close");
+    assert_eq!(
+        stored_counts(&path).0,
+        0,
+        "20 readings of 5 devices: not due yet"
+    );
+
+    let store = SqliteStore::open(&path, options).expect("reopen");
+    store
+        .write_batch(frames_batch(5, 1, 2, 3))
+        .await
+        .expect("batch");
+    // The reopened store counted 5 devices and 20 readings: due, so this batch went to the
+    // other table and the first is moved while the writer is idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stored_counts(&path).0 < 20 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored_counts(&path).0, 20, "the full table was moved");
+    for d in 1..=5 {
+        assert_eq!(series(&store, d, 1).await.len(), 3, "device {d}");
+    }
+    store.close().await.expect("close");
+    assert_eq!(stored_counts(&path).1, 30, "every reading stored once");
+}
+
 /// Closing in the middle of a move and reopening moves the rest exactly once: every reading is
 /// stored once, whichever table it was in when the store closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,6 +176,7 @@ async fn a_move_interrupted_by_close_finishes_exactly_once() {
     // then moves one device (and fsyncs) per step: the close comes long before the last step.
     let options = staging(StagingLimits {
         rows: 3 * DEVICES * 2,
+        rows_per_device: 0,
         age: Duration::from_secs(3600),
         move_rows: 1,
     });
@@ -191,6 +240,7 @@ async fn a_staging_table_cleared_part_way_is_finished_after_reopen() {
     // Nothing is moved on its own: the table never reaches its row or age limit.
     let options = staging(StagingLimits {
         rows: 1_000_000,
+        rows_per_device: 0,
         age: Duration::from_secs(3600),
         move_rows: 2_048,
     });
@@ -419,6 +469,7 @@ async fn moving_keeps_pace_while_batches_queue() {
     const BATCHES: u64 = 60;
     const LIMITS: StagingLimits = StagingLimits {
         rows: 64,
+        rows_per_device: 0,
         age: Duration::from_secs(3600),
         move_rows: 4,
     };
@@ -737,6 +788,7 @@ async fn kill9_child() {
         synchronous: Synchronous::Normal,
         staging: StagingLimits {
             rows: 3 * CHILD_ROWS,
+            rows_per_device: 0,
             age: Duration::from_secs(3600),
             move_rows: 1,
         },

@@ -765,7 +765,11 @@ pub async fn committed_batches_are_read_at_once_and_made_durable_in_order(store:
         };
         let durable = store.commit_batch(batch).await.expect("commit");
         let rows = all_rows(store, id, 1).await;
-        assert_eq!(rows.len(), seq as usize, "batch {seq} readable once committed");
+        assert_eq!(
+            rows.len(),
+            seq as usize,
+            "batch {seq} readable once committed"
+        );
         pending.push(durable);
     }
     for (i, durable) in pending.into_iter().enumerate() {

@@ -31,6 +31,7 @@
 //! one snapshot (see `read`). Of equal times, the later write is the one from the newer source:
 //! `readings` (source 0), then the tables by `gen`; within a source, the greater rowid.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, Transaction};
@@ -48,16 +49,26 @@ pub(super) fn unmoved(table: &str, device: &str) -> String {
     )
 }
 
+/// The appending table's row limit is at most this many times [`StagingLimits::rows`] however
+/// many devices it holds (disk and read cost stay bounded).
+pub const MAX_ROWS_FACTOR: u64 = 16;
+
 /// Staged readings one step deletes once a table is all moved (about 10 ms of write lock).
 const CLEAR_ROWS: i64 = 16_384;
 
 /// When the appending table is handed to the mover, and how much one move step moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StagingLimits {
-    /// Readings the appending table holds before it is moved (default 1,000,000: at 64 channels
-    /// per frame and 1,000 devices, about 15 readings per series per move).
+    /// Readings the appending table holds at least before it is moved (default 1,000,000: at 64
+    /// channels per frame and 1,000 devices, about 15 readings per series per move).
     pub rows: u64,
-    /// Oldest the appending table gets before it is moved, if it holds anything (default 10 s),
+    /// Readings per device in the appending table before it is moved, so a larger fleet (more
+    /// series) still gives each series several readings per move (default 1,000; the limit is
+    /// this times the devices in the table, between `rows` and [`MAX_ROWS_FACTOR`] x `rows`).
+    /// At 10,000 devices x 64 channels, 1,000,000 rows gave each series 1.6 readings per move:
+    /// moving fell behind and acks waited seconds (`BENCHMARKS.md`).
+    pub rows_per_device: u64,
+    /// Oldest the appending table gets before it is moved, if it holds anything (default 30 s),
     /// so a quiet fleet's readings also reach series order.
     pub age: Duration,
     /// Readings one move transaction takes at least (whole devices, so it may take more; default
@@ -72,7 +83,8 @@ impl Default for StagingLimits {
     fn default() -> Self {
         StagingLimits {
             rows: 1_000_000,
-            age: Duration::from_secs(10),
+            rows_per_device: 1_000,
+            age: Duration::from_secs(30),
             move_rows: 2_048,
         }
     }
@@ -87,6 +99,8 @@ pub(super) struct Stage {
     moving: Option<Moving>,
     /// Readings in the appending table.
     appended: u64,
+    /// Devices with readings in the appending table (its row limit grows with them).
+    devices: HashSet<i64>,
     /// When the appending table received its first reading (None: empty).
     since: Option<Instant>,
     /// Readings of the last batch, so a move step keeps pace with what batches bring.
@@ -134,6 +148,13 @@ impl Stage {
             [],
             |r| r.get(0),
         )?;
+        let devices = conn
+            .prepare(&format!(
+                "SELECT DISTINCT device_id FROM {}_ranges",
+                TABLES[appending]
+            ))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<HashSet<i64>>>()?;
         let mut last_rowid = [0; 2];
         for (i, table) in TABLES.iter().enumerate() {
             last_rowid[i] = conn.query_row(
@@ -151,6 +172,7 @@ impl Stage {
             appending,
             moving,
             appended: appended as u64,
+            devices,
             since: (appended > 0).then(Instant::now),
             last_batch: 0,
         })
@@ -171,8 +193,17 @@ impl Stage {
 
     /// Whether the appending table has reached its row or age limit.
     fn appending_due(&self) -> bool {
-        self.appended >= self.limits.rows
+        self.appended >= self.rows_limit()
             || self.since.is_some_and(|t| t.elapsed() >= self.limits.age)
+    }
+
+    /// Readings the appending table takes before it is due: `rows_per_device` per device in it,
+    /// at least `rows`, at most `MAX_ROWS_FACTOR` x `rows`.
+    fn rows_limit(&self) -> u64 {
+        let rows = self.limits.rows;
+        (self.devices.len() as u64)
+            .saturating_mul(self.limits.rows_per_device)
+            .clamp(rows, rows.saturating_mul(MAX_ROWS_FACTOR))
     }
 
     /// The table a batch appends to, after making it the newest generation if the current one
@@ -199,8 +230,13 @@ impl Stage {
         self.moving.is_none() && self.appended > 0 && self.appending_due()
     }
 
-    /// Records a committed batch of `rows` readings appended to `table`.
-    pub(super) fn committed(&mut self, table: &str, rows: u64) {
+    /// Records a committed batch of `rows` readings of `devices` appended to `table`.
+    pub(super) fn committed(
+        &mut self,
+        table: &str,
+        rows: u64,
+        devices: impl IntoIterator<Item = i64>,
+    ) {
         if table != TABLES[self.appending] {
             self.moving = Some(Moving {
                 table: self.appending,
@@ -208,8 +244,10 @@ impl Stage {
             });
             self.appending = 1 - self.appending;
             self.appended = 0;
+            self.devices.clear();
             self.since = None;
         }
+        self.devices.extend(devices);
         self.last_rowid[self.appending] += rows as i64;
         if rows > 0 {
             self.appended += rows;

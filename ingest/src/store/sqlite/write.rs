@@ -363,6 +363,7 @@ fn write_batch(
     rows.sort_by_key(|r| r.device_id);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (table, base) = stage.table_for_batch(&tx)?;
+    let mut devices = Vec::new();
     {
         let mut many = tx.prepare_cached(&insert_rows(table, ROWS_PER_INSERT))?;
         let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
@@ -387,6 +388,7 @@ fn write_batch(
         for run in rows.chunk_by(|a, b| a.device_id == b.device_id) {
             let last = start + run.len() as i64 - 1;
             range.execute((run[0].device_id as i64, start, last))?;
+            devices.push(run[0].device_id as i64);
             start = last + 1;
         }
         let mut dedup = tx.prepare_cached(UPSERT_DEDUP)?;
@@ -399,6 +401,6 @@ fn write_batch(
         }
     }
     tx.commit()?;
-    stage.committed(table, batch.rows.len() as u64);
+    stage.committed(table, batch.rows.len() as u64, devices);
     Ok(())
 }
