@@ -48,7 +48,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
-    /// fsync on every commit: an acknowledged reading survives power loss.
+    /// No ack before an fsync of the WAL after the commit: an acknowledged reading survives
+    /// power loss.
     Full,
     /// fsync at WAL checkpoints only: survives a process crash, may lose the last commits on power loss.
     Normal,
@@ -77,7 +78,8 @@ pub struct Config {
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
 
-    /// SQLite durability: `full` (fsync per commit) or `normal` (survives process crashes only).
+    /// SQLite durability: `full` (acks wait for an fsync after the commit) or `normal` (survives
+    /// process crashes only).
     #[arg(
         long,
         env = "TELEMUX_SQLITE_SYNCHRONOUS",

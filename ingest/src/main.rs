@@ -113,12 +113,10 @@ async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
                 (None, Some(t)) => authority.revoke_token(&t)?,
                 (None, None) => anyhow::bail!("give --device <ID> or --token <TOKEN>"),
             };
-            let store = store::sqlite::SqliteStore::open(
+            store::sqlite::SqliteStore::record_revocation(
                 &data_dir.join(store::sqlite::DB_FILE),
-                store::sqlite::SqliteOptions::default(),
+                &revocation,
             )?;
-            use store::Store;
-            store.revoke(revocation.clone()).await?;
             eprintln!(
                 "revoked {} (tokens issued until now); connected holders are disconnected within the server's --revocation-poll",
                 revocation.subject

@@ -29,7 +29,7 @@ pub const AUTH_FAILURES: &str = "telemux_auth_failures_total";
 pub const ZOMBIES_CULLED: &str = "telemux_zombies_culled_total";
 /// Connections closed for sending no frame within the idle timeout (counter).
 pub const IDLE_CLOSED: &str = "telemux_idle_closed_total";
-/// Readings committed to the store (counter).
+/// Readings durably stored (counted when their batch is acked) (counter).
 pub const ROWS_STORED: &str = "telemux_rows_stored_total";
 /// Readings per committed batch (histogram).
 pub const BATCH_ROWS: &str = "telemux_writer_batch_rows";
@@ -37,9 +37,11 @@ pub const BATCH_ROWS: &str = "telemux_writer_batch_rows";
 /// then wait for (`telemux_store_fsync_seconds`) (histogram).
 pub const COMMIT_SECONDS: &str = "telemux_writer_commit_seconds";
 /// Seconds from a frame's acceptance (queue space reserved) to its ack: batching wait, the
-/// commit ahead of it and its own commit (histogram). What a device sees, minus the network.
+/// commit ahead of it, its own commit and the fsync after it (histogram). What a device sees,
+/// minus the network.
 pub const ACK_WAIT_SECONDS: &str = "telemux_writer_ack_wait_seconds";
-/// Failed commit attempts (retried; nothing is dropped) (counter).
+/// Failed commit attempts (retried; nothing is dropped), and batches that could not be made
+/// durable (a failed fsync: never acked) (counter).
 pub const COMMIT_ERRORS: &str = "telemux_writer_commit_errors_total";
 /// Frames waiting for the writer (gauge).
 pub const QUEUE_FRAMES: &str = "telemux_writer_queue_frames";

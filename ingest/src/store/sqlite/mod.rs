@@ -163,17 +163,20 @@ impl SqliteStore {
             .map_err(|e| open_error(format!("cannot read the staging state: {e}")))?;
         // Under FULL, commits skip SQLite's own fsync and the syncer acks after one of its own,
         // so the writer never waits for the disk (see `syncer`).
+        // (Without powersafe overwrite a commit may rewrite the last sector of an earlier one,
+        // so only SQLite's own FULL keeps acked commits safe: keep it.)
+        let poison = syncer::Poison::default();
         let syncer = match options.synchronous {
-            Synchronous::Normal => None,
-            Synchronous::Full => {
+            Synchronous::Full if powersafe_overwrite(&conn) => {
                 let db_path = conn.path().unwrap_or_default().to_owned();
                 conn.pragma_update(None, "synchronous", "NORMAL")
                     .map_err(|e| open_error(format!("cannot set synchronous: {e}")))?;
                 Some(
-                    syncer::Syncer::spawn(&db_path)
+                    syncer::Syncer::spawn(&db_path, poison.clone())
                         .map_err(|e| open_error(format!("cannot start the fsync thread: {e}")))?,
                 )
             }
+            Synchronous::Full | Synchronous::Normal => None,
         };
         let checkpointer = Connection::open(path)
             .and_then(|c| schema::configure_checkpointer(&c, options.synchronous).map(|()| c))
@@ -192,8 +195,8 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || {
                 write::lower_priority(nice);
-                let checkpointer = Checkpointer::spawn(checkpointer, nice);
-                Writer::new(conn, stage, syncer).run(receiver);
+                let checkpointer = Checkpointer::spawn(checkpointer, nice, poison.clone());
+                Writer::new(conn, stage, syncer, poison).run(receiver);
                 checkpointer.stop();
             })
             .map_err(|e| open_error(format!("cannot start writer thread: {e}")))?;
@@ -202,6 +205,30 @@ impl SqliteStore {
             readers,
             writer,
         })
+    }
+
+    /// Records `revocation` in the database at `path` with one short-lived connection, for the
+    /// `ingest token revoke` CLI while a server may be running on the same file. Unlike
+    /// [`open`](Self::open) it starts no writer, so it never moves staged readings (two
+    /// processes moving the same staging table would each copy the same devices).
+    pub fn record_revocation(path: &Path, revocation: &Revocation) -> Result<(), StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
+            .map_err(|e| open_error(format!("cannot read user_version: {e}")))
+            .and_then(|v| schema::known_version(v).map_err(open_error))?;
+        configure_writer(&conn, Synchronous::Full).map_err(open_error)?;
+        schema::migrate(&mut conn).map_err(open_error)?;
+        conn.execute(
+            write::UPSERT_REVOCATION,
+            (&revocation.subject, revocation.issued_before_s),
+        )
+        .map(drop)
+        .map_err(db)
     }
 
     /// Stops the writer after the commands already queued, and waits until it and the read
@@ -253,6 +280,15 @@ fn to_sql(value: f64) -> Option<f64> {
 
 fn from_sql(value: Option<f64>) -> f64 {
     value.unwrap_or(f64::NAN)
+}
+
+/// Whether this SQLite build assumes powersafe overwrite (the Unix default), which the fsync
+/// thread relies on (see `syncer`).
+fn powersafe_overwrite(conn: &Connection) -> bool {
+    let options: rusqlite::Result<Vec<String>> = conn
+        .prepare("PRAGMA compile_options")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect());
+    options.is_ok_and(|o| !o.iter().any(|x| x == "POWERSAFE_OVERWRITE=0"))
 }
 
 #[async_trait]

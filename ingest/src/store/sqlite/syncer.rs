@@ -17,22 +17,52 @@
 //! so its device resends it and the dedup window keeps it exactly once.
 //!
 //! If an fsync fails, the kernel may already have dropped the dirty pages it could not write
-//! (later fsyncs can succeed without them), so from then on every answer is an error: the
-//! store no longer acks anything, and the operator restarts it (recovery reads the WAL from
-//! disk, not from the cache).
+//! (later fsyncs can succeed without them), so the store is [`Poison`]ed: every answer from then
+//! on is an error, the writer commits, moves and deletes nothing more (a later batch's dedup
+//! window must not reach the disk without the readings it covers), and the checkpointer stops
+//! (it must not copy pages the kernel may have dropped into the database file). The operator
+//! restarts the server, which recovers from what is on disk; devices resend what was not acked.
+//! Errors that lose nothing (the WAL cannot be opened or stat'ed for a moment) are retried.
+//!
+//! This relies on SQLite's powersafe-overwrite default (a commit never rewrites the sectors of
+//! an earlier one); the store falls back to SQLite's own `synchronous = FULL` when built
+//! without it (`SqliteStore::open`).
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::store::StoreError;
 use crate::telemetry as m;
 
 /// An answer to send once the commit it follows is on disk (or the fsync failed).
 pub(super) type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// Set, for good, when the store can no longer tell what is on disk (an fsync failed); shared by
+/// the syncer, the writer and the checkpointer.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Poison(Arc<OnceLock<String>>);
+
+impl Poison {
+    /// Records why; the first reason stands.
+    pub(super) fn set(&self, why: String) {
+        if self.0.set(why.clone()).is_ok() {
+            tracing::error!(error = %why, "an fsync of the store failed: nothing more is written or acked; restart the server");
+        }
+    }
+
+    /// The error every write gets once poisoned.
+    pub(super) fn error(&self) -> Option<StoreError> {
+        self.0.get().map(|why| {
+            StoreError::Database(format!(
+                "an fsync failed ({why}); the store writes and acks nothing until restarted"
+            ))
+        })
+    }
+}
 
 /// The thread that fsyncs the WAL and then sends the answers waiting for it.
 pub(super) struct Syncer {
@@ -41,17 +71,17 @@ pub(super) struct Syncer {
 }
 
 impl Syncer {
-    /// Starts the thread for the database at `db_path` (its WAL is `{db_path}-wal`).
-    pub(super) fn spawn(db_path: &str) -> std::io::Result<Syncer> {
-        let files = Files {
-            wal: PathBuf::from(format!("{db_path}-wal")),
-            db: PathBuf::from(db_path),
+    /// Starts the thread for the database at `db_path` (its WAL is `{db_path}-wal`); a failed
+    /// fsync sets `poison`.
+    pub(super) fn spawn(db_path: &str, poison: Poison) -> std::io::Result<Syncer> {
+        let wal = Wal {
+            path: PathBuf::from(format!("{db_path}-wal")),
             open: None,
         };
         let (answers, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("sqlite-fsync".into())
-            .spawn(move || run(files, receiver))?;
+            .spawn(move || run(wal, receiver, poison))?;
         Ok(Syncer { answers, thread })
     }
 
@@ -71,60 +101,76 @@ impl Syncer {
     }
 }
 
-/// The file an fsync covers: the WAL, or the database file while there is no WAL (SQLite
-/// deletes it only after checkpointing everything into the database file).
-struct Files {
-    wal: PathBuf,
-    db: PathBuf,
-    /// The open WAL and its inode, reopened when the path names another file.
-    open: Option<(File, u64)>,
+/// Why an fsync could not confirm anything.
+enum SyncError {
+    /// Nothing is lost (the WAL could not be opened or stat'ed just now): try again.
+    Retry(String),
+    /// What is on disk is unknown: poison the store.
+    Failed(String),
 }
 
-impl Files {
-    fn sync(&mut self) -> Result<(), String> {
-        let wal_inode = match std::fs::metadata(&self.wal) {
-            Ok(meta) => Some(meta.ino()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("{}: {e}", self.wal.display())),
+/// The WAL file, kept open so its fsync also reports write-back errors that happened since.
+struct Wal {
+    path: PathBuf,
+    /// The open WAL and its (device, inode), reopened when the path names another file.
+    open: Option<(File, (u64, u64))>,
+}
+
+impl Wal {
+    fn sync(&mut self) -> Result<(), SyncError> {
+        let id = match std::fs::metadata(&self.path) {
+            Ok(meta) => (meta.dev(), meta.ino()),
+            // The writer's connection keeps the WAL while the store is open; without it the
+            // commits went to a deleted file (another process removed it).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SyncError::Failed(format!(
+                    "{} is gone while the store is open",
+                    self.path.display()
+                )));
+            }
+            Err(e) => return Err(SyncError::Retry(format!("{}: {e}", self.path.display()))),
         };
-        let Some(inode) = wal_inode else {
-            self.open = None;
-            return File::open(&self.db)
-                .and_then(|f| f.sync_data())
-                .map_err(|e| format!("fsync {}: {e}", self.db.display()));
-        };
-        if self.open.as_ref().is_none_or(|(_, open)| *open != inode) {
-            let file =
-                File::open(&self.wal).map_err(|e| format!("open {}: {e}", self.wal.display()))?;
-            self.open = Some((file, inode));
+        // A file we hold open keeps its inode number, so an equal (device, inode) is that file.
+        if self.open.as_ref().is_none_or(|(_, open)| *open != id) {
+            let file = File::open(&self.path)
+                .map_err(|e| SyncError::Retry(format!("open {}: {e}", self.path.display())))?;
+            self.open = Some((file, id));
         }
-        let (file, _) = self.open.as_ref().expect("opened above");
+        let Some((file, _)) = &self.open else {
+            unreachable!("opened above")
+        };
         file.sync_data()
-            .map_err(|e| format!("fsync {}: {e}", self.wal.display()))
+            .map_err(|e| SyncError::Failed(format!("fsync {}: {e}", self.path.display())))
     }
 }
 
-fn run(mut files: Files, answers: mpsc::Receiver<Answer>) {
-    // Set by the first failed fsync, for good (see the module doc).
-    let mut failed: Option<String> = None;
+/// Pause before trying an fsync again after an error that lost nothing.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+fn run(mut wal: Wal, answers: mpsc::Receiver<Answer>, poison: Poison) {
     while let Ok(first) = answers.recv() {
         // Every answer queued now follows a commit that returned before this fsync starts.
         let group: Vec<Answer> = std::iter::once(first).chain(answers.try_iter()).collect();
-        if failed.is_none() {
+        let mut retrying = false;
+        while poison.error().is_none() {
             let started = Instant::now();
-            if let Err(e) = files.sync() {
-                tracing::error!(error = %e, "fsync of the store failed: nothing is acked any more; restart the server");
-                failed = Some(e);
+            match wal.sync() {
+                Ok(()) => {
+                    metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
+                    break;
+                }
+                Err(SyncError::Failed(why)) => poison.set(why),
+                Err(SyncError::Retry(why)) => {
+                    if !retrying {
+                        tracing::warn!(error = %why, "cannot fsync the store yet; acks wait and it is retried");
+                        retrying = true;
+                    }
+                    std::thread::sleep(RETRY_PAUSE);
+                }
             }
-            metrics::histogram!(m::FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
         }
         for answer in group {
-            answer(match &failed {
-                None => Ok(()),
-                Some(e) => Err(StoreError::Database(format!(
-                    "an fsync failed ({e}); the store acks nothing until restarted"
-                ))),
-            });
+            answer(poison.error().map_or(Ok(()), Err));
         }
     }
 }
@@ -141,17 +187,13 @@ mod tests {
     }
 
     #[test]
-    fn answers_follow_an_fsync_of_the_wal_or_of_the_database_without_one() {
+    fn answers_follow_an_fsync_of_the_wal_even_once_it_is_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("t.db");
-        std::fs::write(&db, b"db").expect("db");
-        let syncer = Syncer::spawn(db.to_str().expect("utf-8")).expect("spawn");
-        let (sender, results) = std::sync::mpsc::channel();
-        // No WAL yet: the database file is synced.
-        syncer.after_sync(answer_into(&sender));
-        assert!(matches!(results.recv(), Ok(Ok(()))));
-        // A WAL appears, is replaced by another file: each is synced in turn.
         std::fs::write(dir.path().join("t.db-wal"), b"one").expect("wal");
+        let poison = Poison::default();
+        let syncer = Syncer::spawn(db.to_str().expect("utf-8"), poison.clone()).expect("spawn");
+        let (sender, results) = std::sync::mpsc::channel();
         syncer.after_sync(answer_into(&sender));
         assert!(matches!(results.recv(), Ok(Ok(()))));
         std::fs::remove_file(dir.path().join("t.db-wal")).expect("rm");
@@ -164,20 +206,26 @@ mod tests {
         let answered: Vec<_> = results.iter().collect();
         assert_eq!(answered.len(), 100, "stop answers everything queued");
         assert!(answered.iter().all(Result::is_ok));
+        assert!(poison.error().is_none());
     }
 
     #[test]
-    fn a_failed_fsync_fails_every_later_answer() {
+    fn a_missing_wal_poisons_the_store_for_good() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Neither the WAL nor the database exists: the fsync cannot happen.
+        // No WAL: whatever was committed went to a file that is gone.
         let db = dir.path().join("missing.db");
-        let syncer = Syncer::spawn(db.to_str().expect("utf-8")).expect("spawn");
+        let poison = Poison::default();
+        let syncer = Syncer::spawn(db.to_str().expect("utf-8"), poison.clone()).expect("spawn");
         let (sender, results) = std::sync::mpsc::channel();
         syncer.after_sync(answer_into(&sender));
         let first = results.recv().expect("answered");
-        assert!(matches!(&first, Err(StoreError::Database(e)) if e.contains("missing.db")));
+        assert!(matches!(&first, Err(StoreError::Database(e)) if e.contains("missing.db-wal")));
+        assert!(
+            poison.error().is_some(),
+            "the writer and checkpointer see it"
+        );
         // Even once the file exists, nothing is acked any more.
-        std::fs::write(&db, b"db").expect("db");
+        std::fs::write(dir.path().join("missing.db-wal"), b"wal").expect("wal");
         syncer.after_sync(answer_into(&sender));
         let later = results.recv().expect("answered");
         assert!(matches!(&later, Err(StoreError::Database(e)) if e.contains("until restarted")));

@@ -10,7 +10,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 
 use super::retention::DeleteJob;
 use super::stage::Stage;
-use super::syncer::Syncer;
+use super::syncer::{Poison, Syncer};
 use super::{CHECKPOINT_INTERVAL, Reply, db, to_sql};
 use crate::store::{Durable, Presence, Revocation, Row, StoreError, WriteBatch};
 
@@ -25,7 +25,7 @@ const UPSERT_PRESENCE: &str = "INSERT INTO devices (device_id, online, connected
      VALUES (?1, ?2, ?3, ?4) ON CONFLICT (device_id) DO UPDATE SET online = excluded.online, \
      connected_at_us = excluded.connected_at_us, remote_addr = excluded.remote_addr \
      WHERE devices.connected_at_us IS NULL OR excluded.connected_at_us >= devices.connected_at_us";
-const UPSERT_REVOCATION: &str = "INSERT INTO revocations (subject, issued_before_s) VALUES (?1, ?2) \
+pub(super) const UPSERT_REVOCATION: &str = "INSERT INTO revocations (subject, issued_before_s) VALUES (?1, ?2) \
      ON CONFLICT (subject) DO UPDATE SET issued_before_s = excluded.issued_before_s \
      WHERE excluded.issued_before_s > revocations.issued_before_s";
 
@@ -46,6 +46,24 @@ pub(super) enum Command {
     Ping(Reply<()>),
 }
 
+impl Command {
+    /// Answers the command with `error` without doing it.
+    fn fail(self, error: StoreError) {
+        // A failed send means the caller stopped waiting.
+        match self {
+            Command::Batch(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Presence(_, reply) | Command::Revoke(_, reply) | Command::Ping(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Command::DeleteOlderThan(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+}
+
 /// A thread copying committed WAL pages into the database file (`wal_checkpoint(PASSIVE)`,
 /// which waits for nobody), so the writer's own checkpoints are short.
 pub(super) struct Checkpointer {
@@ -56,16 +74,29 @@ pub(super) struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread on its own connection, at nice value `nice`.
-    pub(super) fn spawn(conn: Connection, nice: i32) -> Checkpointer {
+    /// Starts the thread on its own connection, at nice value `nice`. It stops for good once
+    /// the store is poisoned, and poisons it when a checkpoint fails on I/O (an fsync of the WAL
+    /// or the database file may have failed: the next attempt could copy pages the kernel
+    /// dropped).
+    pub(super) fn spawn(conn: Connection, nice: i32, poison: Poison) -> Checkpointer {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let run = move || {
             lower_priority(nice);
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_INTERVAL) {
+                if poison.error().is_some() {
+                    break;
+                }
                 let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                if let Err(e) = copied {
-                    // Harmless: the writer's checkpoint still bounds the WAL.
-                    tracing::debug!(error = %e, "background checkpoint failed");
+                match copied {
+                    Ok(()) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::SystemIoFailure =>
+                    {
+                        poison.set(format!("background checkpoint: {e}"));
+                        break;
+                    }
+                    // Harmless (busy, ...): the writer's checkpoint still bounds the WAL.
+                    Err(e) => tracing::debug!(error = %e, "background checkpoint failed"),
                 }
             }
         };
@@ -121,16 +152,24 @@ pub(super) struct Writer {
     /// Under `Synchronous::Full`: sends each answer once the WAL is fsynced after its commit
     /// (the connection itself runs at `synchronous = NORMAL`). `None`: answers go at once.
     syncer: Option<Syncer>,
+    /// Set once an fsync failed: from then on nothing is written (see `syncer`).
+    poison: Poison,
 }
 
 impl Writer {
     /// The writer over the store's only read-write connection.
-    pub(super) fn new(conn: Connection, stage: Stage, syncer: Option<Syncer>) -> Writer {
+    pub(super) fn new(
+        conn: Connection,
+        stage: Stage,
+        syncer: Option<Syncer>,
+        poison: Poison,
+    ) -> Writer {
         Writer {
             conn,
             deletes: VecDeque::new(),
             stage,
             syncer,
+            poison,
         }
     }
 
@@ -201,7 +240,7 @@ impl Writer {
     /// I/O error) leaves everything where it was: the staged readings stay visible and the next
     /// step tries again.
     fn move_step(&mut self) {
-        if !self.stage.has_move_work() {
+        if !self.stage.has_move_work() || self.poison.error().is_some() {
             return;
         }
         // A move needs no fsync of its own: lost in a power cut, it leaves its readings staged
@@ -213,6 +252,10 @@ impl Writer {
     }
 
     fn handle(&mut self, command: Command) {
+        if let Some(e) = self.poison.error() {
+            command.fail(e);
+            return;
+        }
         match command {
             Command::Batch(batch, reply) => {
                 let written = write_batch(&mut self.conn, &mut self.stage, &batch).map_err(db);
@@ -264,6 +307,12 @@ impl Writer {
     /// committed. (One transaction each cost a commit, with an fsync, per connect and disconnect:
     /// a fleet of 1,000 reconnecting at once held every ack up for ~0.25 s.)
     fn presence(&mut self, group: Vec<(Presence, Reply<()>)>) {
+        if let Some(e) = self.poison.error() {
+            for (_, reply) in group {
+                let _ = reply.send(Err(StoreError::Database(e.to_string())));
+            }
+            return;
+        }
         let written = (|| {
             let tx = self
                 .conn
@@ -301,6 +350,11 @@ impl Writer {
         let Some(job) = self.deletes.front_mut() else {
             return;
         };
+        if let Some(e) = self.poison.error() {
+            let job = self.deletes.pop_front().expect("front exists");
+            let _ = job.reply.send(Err(e));
+            return;
+        }
         match job.step(&mut self.conn) {
             Ok(false) => {}
             Ok(true) => {
@@ -403,4 +457,63 @@ fn write_batch(
     tx.commit()?;
     stage.committed(table, batch.rows.len() as u64, devices);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{StagingLimits, Synchronous, configure_writer, schema};
+
+    #[test]
+    fn a_poisoned_writer_writes_nothing_and_answers_with_the_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Connection::open(dir.path().join("t.sqlite3")).expect("open");
+        configure_writer(&conn, Synchronous::Normal).expect("configure");
+        schema::migrate(&mut conn).expect("migrate");
+        let stage = Stage::load(&conn, StagingLimits::default()).expect("stage");
+        let poison = Poison::default();
+        let mut writer = Writer::new(conn, stage, None, poison.clone());
+        let batch = WriteBatch {
+            rows: vec![Row {
+                device_id: 1,
+                seq: 1,
+                channel: 1,
+                quality: 0,
+                ts_us: 1,
+                value: 1.0,
+            }],
+            ..WriteBatch::default()
+        };
+
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer.handle(Command::Batch(batch.clone(), reply));
+        assert!(matches!(answer.blocking_recv(), Ok(Ok(_))), "healthy: committed");
+
+        poison.set("fsync t.sqlite3-wal: Input/output error".into());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer.handle(Command::Batch(batch, reply));
+        let refused = answer.blocking_recv().expect("answered");
+        assert!(
+            matches!(&refused, Err(StoreError::Database(e)) if e.contains("Input/output error")),
+            "{:?}",
+            refused.err()
+        );
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer.presence(vec![(
+            Presence {
+                device_id: 1,
+                online: true,
+                connected_at_us: 1,
+                at_us: 1,
+                remote_addr: "192.0.2.1:1".into(),
+            },
+            reply,
+        )]);
+        assert!(matches!(answer.blocking_recv(), Ok(Err(_))));
+        let staged: i64 = writer
+            .conn
+            .query_row("SELECT count(*) FROM stored_readings", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(staged, 1, "only the batch before the poison");
+    }
 }
