@@ -202,34 +202,19 @@ async fn ack_when_durable(
     health: Arc<WriterHealth>,
 ) {
     let mut unackable: Vec<Committed> = Vec::new();
-    while let Some(batch) = batches.recv().await {
-        let Committed {
-            items,
-            devices,
-            rows,
-            durable,
-        } = batch;
+    while let Some(mut batch) = batches.recv().await {
+        let durable = std::mem::replace(&mut batch.durable, Durable::done());
         if !unackable.is_empty() {
-            unackable.push(Committed {
-                items,
-                devices,
-                rows,
-                durable: Durable::done(),
-            });
+            unackable.push(batch);
             continue;
         }
         if let Err(e) = durable.wait().await {
             metrics::counter!(m::COMMIT_ERRORS).increment(1);
-            error!(error = %e, rows, "a committed batch is not durable: nothing more is acked until the server restarts (devices keep and resend their frames)");
-            unackable.push(Committed {
-                items,
-                devices,
-                rows,
-                durable: Durable::done(),
-            });
+            error!(error = %e, rows = batch.rows, "a committed batch is not durable: nothing more is acked until the server restarts (devices keep and resend their frames)");
+            unackable.push(batch);
             continue;
         }
-        acked(items, &devices, rows, &health);
+        acked(batch.items, &batch.devices, batch.rows, &health);
     }
 }
 

@@ -151,14 +151,7 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason,
         };
-        let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
-        // Before anything writes (even the journal mode) to a file from a newer build.
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .and_then(|()| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
-            .map_err(|e| open_error(format!("cannot read user_version: {e}")))
-            .and_then(|v| schema::known_version(v).map_err(open_error))?;
-        configure_writer(&conn, options.synchronous).map_err(open_error)?;
-        schema::migrate(&mut conn).map_err(open_error)?;
+        let conn = open_migrated(path, options.synchronous)?;
         let stage = stage::Stage::load(&conn, options.staging)
             .map_err(|e| open_error(format!("cannot read the staging state: {e}")))?;
         // Under FULL, commits skip SQLite's own fsync and the syncer acks after one of its own,
@@ -212,23 +205,13 @@ impl SqliteStore {
     /// [`open`](Self::open) it starts no writer, so it never moves staged readings (two
     /// processes moving the same staging table would each copy the same devices).
     pub fn record_revocation(path: &Path, revocation: &Revocation) -> Result<(), StoreError> {
-        let open_error = |reason: String| StoreError::Open {
-            path: path.display().to_string(),
-            reason,
-        };
-        let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .and_then(|()| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
-            .map_err(|e| open_error(format!("cannot read user_version: {e}")))
-            .and_then(|v| schema::known_version(v).map_err(open_error))?;
-        configure_writer(&conn, Synchronous::Full).map_err(open_error)?;
-        schema::migrate(&mut conn).map_err(open_error)?;
-        conn.execute(
-            write::UPSERT_REVOCATION,
-            (&revocation.subject, revocation.issued_before_s),
-        )
-        .map(drop)
-        .map_err(db)
+        open_migrated(path, Synchronous::Full)?
+            .execute(
+                write::UPSERT_REVOCATION,
+                (&revocation.subject, revocation.issued_before_s),
+            )
+            .map(drop)
+            .map_err(db)
     }
 
     /// Stops the writer after the commands already queued, and waits until it and the read
@@ -280,6 +263,24 @@ fn to_sql(value: f64) -> Option<f64> {
 
 fn from_sql(value: Option<f64>) -> f64 {
     value.unwrap_or(f64::NAN)
+}
+
+/// A read-write connection to the database at `path`, configured as the writer's and migrated to
+/// this build's schema (a file from a newer build is refused before anything is written).
+fn open_migrated(path: &Path, synchronous: Synchronous) -> Result<Connection, StoreError> {
+    let open_error = |reason: String| StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+    // Before anything writes (even the journal mode) to a file from a newer build.
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .and_then(|()| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
+        .map_err(|e| open_error(format!("cannot read user_version: {e}")))
+        .and_then(|v| schema::known_version(v).map_err(open_error))?;
+    configure_writer(&conn, synchronous).map_err(open_error)?;
+    schema::migrate(&mut conn).map_err(open_error)?;
+    Ok(conn)
 }
 
 /// Whether this SQLite build assumes powersafe overwrite (the Unix default), which the fsync

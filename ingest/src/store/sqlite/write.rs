@@ -487,7 +487,10 @@ mod tests {
 
         let (reply, answer) = tokio::sync::oneshot::channel();
         writer.handle(Command::Batch(batch.clone(), reply));
-        assert!(matches!(answer.blocking_recv(), Ok(Ok(_))), "healthy: committed");
+        assert!(
+            matches!(answer.blocking_recv(), Ok(Ok(_))),
+            "healthy: committed"
+        );
 
         poison.set("fsync t.sqlite3-wal: Input/output error".into());
         let (reply, answer) = tokio::sync::oneshot::channel();
