@@ -4,8 +4,10 @@
 Scenarios (each bounded in time, everything stops by itself):
   throughput   sustained acked readings/s at 1k and 10k devices (offered load above capacity,
                so TCP backpressure sets the pace), side by side with a bare loop of prepared
-               inserts into the same schema (`ingest/examples/bare_insert.rs`), same sync mode.
-  latency      ack latency p50/p99 at half the 1k-device maximum.
+               inserts into the same schema (`ingest/examples/bare_insert.rs`), same sync mode,
+               as many readings as the sustained run stored (up to 12M). 10k devices run longer
+               (45 s overload, 60 s sustained) so several 10M-reading staging cycles fall inside.
+  latency      ack latency p50/p99 at half the 1k-device maximum sustained rate.
   rss          server RSS per idle device connection at 10k and 50k connections (from /proc).
   ab           capacity under overload (1k devices x 64 readings, sync full), this build's server
                against another build's (`--baseline BINARY`, e.g. the previous commit built into
