@@ -201,20 +201,22 @@ async fn ack_when_durable(
     mut batches: mpsc::UnboundedReceiver<Committed>,
     health: Arc<WriterHealth>,
 ) {
-    let mut unackable: Vec<Committed> = Vec::new();
-    while let Some(mut batch) = batches.recv().await {
-        let durable = std::mem::replace(&mut batch.durable, Durable::done());
-        if !unackable.is_empty() {
-            unackable.push(batch);
-            continue;
+    // Frames never to be acked; they keep their queue space.
+    let mut unackable: Vec<Vec<Accepted>> = Vec::new();
+    while let Some(batch) = batches.recv().await {
+        if unackable.is_empty() {
+            match batch.durable.wait().await {
+                Ok(()) => {
+                    acked(batch.items, &batch.devices, batch.rows, &health);
+                    continue;
+                }
+                Err(e) => {
+                    metrics::counter!(m::COMMIT_ERRORS).increment(1);
+                    error!(error = %e, rows = batch.rows, "a committed batch is not durable: nothing more is acked until the server restarts (devices keep and resend their frames)");
+                }
+            }
         }
-        if let Err(e) = durable.wait().await {
-            metrics::counter!(m::COMMIT_ERRORS).increment(1);
-            error!(error = %e, rows = batch.rows, "a committed batch is not durable: nothing more is acked until the server restarts (devices keep and resend their frames)");
-            unackable.push(batch);
-            continue;
-        }
-        acked(batch.items, &batch.devices, batch.rows, &health);
+        unackable.push(batch.items);
     }
 }
 

@@ -56,10 +56,13 @@ impl Poison {
 
     /// The error every write gets once poisoned.
     pub(super) fn error(&self) -> Option<StoreError> {
+        self.reason().map(StoreError::Database)
+    }
+
+    /// What [`error`](Self::error) says, once poisoned.
+    pub(super) fn reason(&self) -> Option<String> {
         self.0.get().map(|why| {
-            StoreError::Database(format!(
-                "an fsync failed ({why}); the store writes and acks nothing until restarted"
-            ))
+            format!("an fsync failed ({why}); the store writes and acks nothing until restarted")
         })
     }
 }

@@ -304,44 +304,16 @@ impl Writer {
     }
 
     /// Records presence changes, in queue order, in one transaction, and answers each once it
-    /// committed. (One transaction each cost a commit, with an fsync, per connect and disconnect:
+    /// is durable. (One transaction each cost a commit, with an fsync, per connect and disconnect:
     /// a fleet of 1,000 reconnecting at once held every ack up for ~0.25 s.)
     fn presence(&mut self, group: Vec<(Presence, Reply<()>)>) {
-        if let Some(e) = self.poison.error() {
-            for (_, reply) in group {
-                let _ = reply.send(Err(StoreError::Database(e.to_string())));
-            }
-            return;
-        }
-        let written = (|| {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            {
-                let mut upsert = tx.prepare_cached(UPSERT_PRESENCE)?;
-                for (p, _) in &group {
-                    upsert.execute((
-                        p.device_id as i64,
-                        p.online,
-                        p.connected_at_us,
-                        &p.remote_addr,
-                    ))?;
-                }
-            }
-            tx.commit()
-        })();
-        let replies: Vec<Reply<()>> = group.into_iter().map(|(_, reply)| reply).collect();
-        let answer_each = move |result: Result<(), String>| {
-            // A failed send means the caller stopped waiting; the outcome stands either way.
-            for reply in replies {
-                let _ = reply.send(result.clone().map_err(StoreError::Database));
-            }
+        let written = match self.poison.reason() {
+            Some(why) => Err(why),
+            None => record_presence(&mut self.conn, group.iter().map(|(p, _)| p))
+                .map_err(|e| e.to_string()),
         };
-        match (written, &self.syncer) {
-            (Ok(()), Some(syncer)) => syncer.after_sync(Box::new(move |synced| {
-                answer_each(synced.map_err(|e| e.to_string()));
-            })),
-            (written, _) => answer_each(written.map_err(|e| e.to_string())),
+        for (_, reply) in group {
+            self.answer(reply, written.clone().map_err(StoreError::Database));
         }
     }
 
@@ -370,6 +342,26 @@ impl Writer {
             }
         }
     }
+}
+
+/// Records presence changes, in order, in one transaction.
+fn record_presence<'a>(
+    conn: &mut Connection,
+    changes: impl Iterator<Item = &'a Presence>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut upsert = tx.prepare_cached(UPSERT_PRESENCE)?;
+        for p in changes {
+            upsert.execute((
+                p.device_id as i64,
+                p.online,
+                p.connected_at_us,
+                &p.remote_addr,
+            ))?;
+        }
+    }
+    tx.commit()
 }
 
 /// Readings one multi-row `INSERT` statement of a batch takes.
