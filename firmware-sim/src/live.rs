@@ -5,6 +5,7 @@
 //! reads until the run is over.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -217,6 +218,10 @@ pub async fn run(
                                 checker.on_reading(ledger, r.device_id.get(), r.channel.get(), r.ts_us.get(), now);
                             }
                             Stats::add(&stats.dashboard_readings, records.len() as u64);
+                            if let Some(last) = records.last() {
+                                let us = now.saturating_sub(last.ts_us.get()).max(0) as u64;
+                                stats.dashboard_max_latency_us.fetch_max(us, Ordering::Relaxed);
+                            }
                         }
                         Ok(_) => stats.error("dashboard_unexpected_frame"),
                         Err(e) => stats.error(&format!("dashboard_undecodable_{}", e.reason().name())),

@@ -45,6 +45,9 @@ pub struct Stats {
     pub in_flight: AtomicU64,
     /// Readings received by dashboard clients (for the progress line).
     pub dashboard_readings: AtomicU64,
+    /// Largest device-to-dashboard latency (microseconds, last reading of a frame) since the
+    /// last progress line: shows when in a run the live path stalled.
+    pub dashboard_max_latency_us: AtomicU64,
     /// Error frames by reason name.
     pub errors_by_reason: Mutex<BTreeMap<String, u64>>,
     /// Close codes received from the server, by code.
@@ -111,6 +114,7 @@ impl Stats {
     pub fn progress_line(&self, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(0.001);
         let live = Stats::get(&self.dashboard_readings);
+        let live_max = self.dashboard_max_latency_us.swap(0, Ordering::Relaxed);
         format!(
             "{:>6.1}s sent {} acked {} in-flight {} reconnects {} errors {} readings/s {:.0}{}",
             secs,
@@ -121,7 +125,10 @@ impl Stats {
             Stats::get(&self.errors),
             Stats::get(&self.readings_acked) as f64 / secs,
             if live > 0 {
-                format!(" dashboard readings {live}")
+                format!(
+                    " dashboard readings {live} max latency {:.1} ms",
+                    live_max as f64 / 1000.0
+                )
             } else {
                 String::new()
             },
