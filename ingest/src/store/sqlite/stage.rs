@@ -14,7 +14,8 @@
 //! receives every batch. Once it holds [`StagingLimits::rows`] readings or is
 //! [`StagingLimits::age`] old, and the other table is empty, the two swap: the full one becomes
 //! the *moving* one, and the writer moves it into `readings` one device range per transaction
-//! ([`Stage::move_step`]), while no batch waits for the writer. Each step inserts the readings
+//! ([`Stage::move_step`]), while no batch waits for the writer, spread over half the time the
+//! table took to fill ([`Pace`]) so that moving never takes a core away from the server at once. Each step inserts the readings
 //! of devices `(moved_through, upper]` and sets `moved_through = upper` in the same
 //! transaction, so a crash anywhere moves nothing twice and loses nothing. Once every device is
 //! moved, `moved_through` is set to `i64::MAX` (no row of the table is visible any more) and the
@@ -117,6 +118,52 @@ struct Moving {
     table: usize,
     /// Devices (as stored, i64) up to and including this one are moved already.
     moved_through: Option<i64>,
+    /// How fast to move (None: as fast as batches allow, e.g. a table left by the last run).
+    pace: Option<Pace>,
+}
+
+/// Spreads a table's move (and the clearing after it) over half the time the table took to
+/// fill, instead of moving it flat out: a move of a million readings is about a second of one
+/// core's time, and taken at once it starved the live fan-out of CPU on a 2-core machine (live
+/// p99 went from ~15 ms to 70-170 ms for that second, `BENCHMARKS.md`). Half the fill time
+/// leaves room for the fleet to double its rate before moving falls behind (which then takes
+/// over: a step after every batch, unpaced).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Pace {
+    /// When the move started.
+    started: Instant,
+    /// Over how long the work is spread.
+    span: Duration,
+    /// Work to do: rows to move plus rows to delete afterwards.
+    total: u64,
+    /// Work done so far.
+    done: u64,
+}
+
+/// The part of a table's fill time over which its move is spread (see [`Pace`]).
+const SPAN_OF_FILL: f64 = 0.75;
+
+impl Pace {
+    /// Pacing for moving `rows` readings that took `filled` to stage, from `now`.
+    pub(super) fn new(now: Instant, filled: Duration, rows: u64) -> Pace {
+        Pace {
+            started: now,
+            span: filled.mul_f64(SPAN_OF_FILL),
+            total: rows.saturating_mul(2),
+            done: 0,
+        }
+    }
+
+    /// When the next step may run: at once while the work done is behind a straight line
+    /// from nothing at `started` to everything at `started + span`, else when the line
+    /// reaches it.
+    pub(super) fn next_due(&self) -> Instant {
+        if self.total == 0 || self.done >= self.total {
+            return self.started; // more work than expected (a table left by a crash): go on
+        }
+        let fraction = self.done as f64 / self.total as f64;
+        self.started + self.span.mul_f64(fraction)
+    }
 }
 
 impl Stage {
@@ -142,6 +189,7 @@ impl Stage {
         let moving = holds(other)?.then_some(Moving {
             table: other,
             moved_through: state[other].1,
+            pace: None,
         });
         let appended: i64 = conn.query_row(
             &format!("SELECT count(*) FROM {}", TABLES[appending]),
@@ -181,6 +229,17 @@ impl Stage {
     /// Whether the mover has work (the writer then polls its commands instead of waiting).
     pub(super) fn has_move_work(&self) -> bool {
         self.moving.is_some()
+    }
+
+    /// When the next move step is due, if a table is being moved: now (or earlier) when it is
+    /// unpaced, behind, or behind its pace; later when the move is ahead of its pace (see
+    /// [`Pace`]).
+    pub(super) fn move_due(&self) -> Option<Instant> {
+        let moving = self.moving?;
+        match moving.pace {
+            Some(pace) if !self.move_behind() => Some(pace.next_due()),
+            _ => Some(Instant::now()),
+        }
     }
 
     /// Whether moving has fallen behind: the appending table is due for its swap while the
@@ -238,9 +297,12 @@ impl Stage {
         devices: impl IntoIterator<Item = i64>,
     ) {
         if table != TABLES[self.appending] {
+            let now = Instant::now();
+            let filled = self.since.map_or(Duration::ZERO, |t| now.duration_since(t));
             self.moving = Some(Moving {
                 table: self.appending,
                 moved_through: None,
+                pace: Some(Pace::new(now, filled, self.appended)),
             });
             self.appending = 1 - self.appending;
             self.appended = 0;
@@ -315,6 +377,7 @@ impl Stage {
                 .execute((from, upper.unwrap_or(i64::MAX)))? as u64,
         };
         let mut emptied = false;
+        let mut cleared = 0u64;
         let set_moved_through = |through: i64| {
             tx.prepare_cached("UPDATE staging_state SET moved_through = ?2 WHERE name = ?1")?
                 .execute((table, through))
@@ -330,10 +393,11 @@ impl Stage {
                 if moving.moved_through != Some(i64::MAX) {
                     set_moved_through(i64::MAX)?;
                 }
-                tx.prepare_cached(&format!(
-                    "DELETE FROM {table} WHERE rowid < (SELECT min(rowid) FROM {table}) + ?1"
-                ))?
-                .execute([CLEAR_ROWS.max(budget as i64)])?;
+                cleared = tx
+                    .prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE rowid < (SELECT min(rowid) FROM {table}) + ?1"
+                    ))?
+                    .execute([CLEAR_ROWS.max(budget as i64)])? as u64;
                 let left: bool =
                     tx.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {table})"), [], |r| {
                         r.get(0)
@@ -353,10 +417,47 @@ impl Stage {
         if emptied {
             self.last_rowid[moving.table] = 0;
         }
-        self.moving = (!emptied).then(|| Moving {
+        let pace = moving.pace.map(|p| Pace {
+            done: p.done + moved + cleared,
+            ..p
+        });
+        self.moving = (!emptied).then_some(Moving {
             table: moving.table,
             moved_through: Some(upper.unwrap_or(i64::MAX)),
+            pace,
         });
         Ok(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_move_follows_a_straight_line_over_its_span() {
+        let t0 = Instant::now();
+        // 1,000 rows staged over 8 s: 2,000 rows of work (move, then clear) over 6 s.
+        let mut pace = Pace::new(t0, Duration::from_secs(8), 1_000);
+        assert_eq!(pace.span, Duration::from_secs(6));
+        assert_eq!(
+            pace.next_due(),
+            t0,
+            "nothing done: the first step is due at once"
+        );
+        pace.done = 500;
+        assert_eq!(pace.next_due(), t0 + Duration::from_millis(1_500));
+        pace.done = 1_999;
+        assert!(pace.next_due() < t0 + Duration::from_secs(6));
+        pace.done = 2_000;
+        assert_eq!(pace.next_due(), t0, "more work than counted: go on at once");
+    }
+
+    #[test]
+    fn a_table_filled_in_no_time_is_moved_without_waiting() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0, Duration::ZERO, 10_000);
+        pace.done = 5_000;
+        assert_eq!(pace.next_due(), t0);
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
@@ -141,6 +142,30 @@ pub(super) fn lower_priority(nice: i32) {
     }
 }
 
+/// The next command, or None once `deadline` passes without one; `Err` when every sender is
+/// gone. (The command queue is a tokio channel, which has no blocking receive with a timeout:
+/// this polls it every [`PACE_POLL`], which a batch may wait at most.)
+fn recv_until(
+    commands: &mut mpsc::Receiver<Command>,
+    deadline: Instant,
+) -> Result<Option<Command>, ()> {
+    loop {
+        match commands.try_recv() {
+            Ok(command) => return Ok(Some(command)),
+            Err(TryRecvError::Disconnected) => return Err(()),
+            Err(TryRecvError::Empty) => {}
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(PACE_POLL.min(deadline - now));
+    }
+}
+
+/// How often the writer looks for commands while it waits for the next paced move step.
+const PACE_POLL: Duration = Duration::from_micros(500);
+
 /// The writer thread's state.
 pub(super) struct Writer {
     /// The only read-write connection of this store.
@@ -185,6 +210,12 @@ impl Writer {
                     Some(command) => Some(command),
                     None => break,
                 }
+            } else if let Some(due) = self.stage.move_due().filter(|_| self.deletes.is_empty()) {
+                // Moving ahead of its pace: wait for a command until the next step is due.
+                match recv_until(&mut commands, due) {
+                    Ok(command) => command,
+                    Err(()) => break,
+                }
             } else {
                 match commands.try_recv() {
                     Ok(command) => Some(command),
@@ -213,7 +244,11 @@ impl Writer {
             self.delete_step();
             // Moving waits while batches queue (they carry acks), unless moving has fallen
             // behind appending: then one step follows every batch, so it keeps pace.
-            if (held.is_none() && commands.is_empty()) || self.stage.move_behind() {
+            let due = self
+                .stage
+                .move_due()
+                .is_some_and(|due| due <= Instant::now());
+            if (held.is_none() && commands.is_empty() && due) || self.stage.move_behind() {
                 self.move_step();
             }
         }
