@@ -1,27 +1,30 @@
 //! The connection loop shared by every transport: reads control messages, wakes when the hub
 //! routes a publish to this client (its devices, or every publish for broad subscriptions) and
-//! on presence changes, hands the session's output to a bounded queue (the transport's writer
-//! drains it), and closes on shutdown, token expiry, revocation, heartbeat loss or a client that
-//! stays behind past the slow-consumer deadline.
+//! on presence changes, hands the session's output to the transport's [`Outlet`], and closes on
+//! shutdown, token expiry, revocation, heartbeat loss or a client that stays behind past the
+//! slow-consumer deadline.
 //!
-//! It is generic over the inbound stream and talks to the writer through a bounded channel, so
-//! it runs the same over a WebSocket, an SSE body, or channels in tests (with paused time).
+//! It is generic over the inbound stream and the outlet, so it runs the same over a WebSocket
+//! (which writes into the socket itself), an SSE body, or channels in tests (with paused time).
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, PollSender};
 
 use crate::close::{self, Close};
 use crate::metrics as m;
 use crate::session::{Outbound, Session, Step};
 
-/// Messages handed to the transport's writer at once. Small on purpose: what a client has not
-/// taken stays in the shared log (as its cursor) instead of piling up per client.
+/// Messages a [`QueueOutlet`]'s queue holds. Small on purpose: what a client has not taken stays
+/// in the shared log (as its cursor) instead of piling up per client.
 pub const OUT_QUEUE: usize = 4;
 /// Replies and events that may wait behind a full queue; a client that lets more pile up is
 /// closed with 4008 "slow consumer" (it sends requests but does not read the answers).
@@ -74,20 +77,121 @@ impl Default for DriveOptions {
     }
 }
 
+/// Where the driver puts what the client is to receive: the socket itself (WebSocket:
+/// `ws::SocketOutlet`, one write per message and no queue in between) or a bounded queue that
+/// the transport drains (SSE, tests: [`QueueOutlet`]). Whether it takes another message now is
+/// how the driver knows that the client keeps up.
+pub trait Outlet: Send {
+    /// Ready when one more message may be given; Pending while the client has not taken what
+    /// it was given (it is behind); an error once the client is gone.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Gone>>;
+    /// Gives one message (after `poll_ready` said so).
+    fn start_send(&mut self, out: Outbound) -> Result<(), Gone>;
+    /// Ready once everything given is on its way to the client.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Gone>>;
+    /// Ready once the client is known to be gone (polled while nothing is being sent).
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// The client can no longer be written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gone;
+
+/// An [`Outlet`] that is a bounded queue (of [`OUT_QUEUE`] messages for SSE) drained by the
+/// transport: a full queue means the client is behind.
+pub struct QueueOutlet {
+    /// Reserves a slot, then sends.
+    tx: PollSender<Outbound>,
+    /// Resolves when the receiving side is dropped.
+    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl QueueOutlet {
+    /// An outlet into `tx`.
+    pub fn new(tx: mpsc::Sender<Outbound>) -> QueueOutlet {
+        let watch = tx.clone();
+        QueueOutlet {
+            tx: PollSender::new(tx),
+            closed: Box::pin(async move { watch.closed().await }),
+        }
+    }
+}
+
+impl Outlet for QueueOutlet {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        self.tx.poll_reserve(cx).map_err(|_| Gone)
+    }
+
+    fn start_send(&mut self, out: Outbound) -> Result<(), Gone> {
+        self.tx.send_item(out).map_err(|_| Gone)
+    }
+
+    fn poll_flush(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.closed.as_mut().poll(cx)
+    }
+}
+
+/// What the outlet said in one turn of the loop.
+enum OutletEvent {
+    /// It takes another message.
+    Ready,
+    /// It just stopped taking messages (the client is behind from now on).
+    Blocked,
+    /// Everything given is on its way.
+    Flushed,
+    /// The client is gone.
+    Gone,
+}
+
+/// Polls the outlet for what the loop is waiting for: room for a message while messages wait,
+/// else the flush of what was given, else the client going away. `blocked` is set when the
+/// outlet stops taking messages (reported once, so the loop arms the slow-consumer deadline).
+fn poll_outlet<O: Outlet>(
+    out: &mut O,
+    cx: &mut Context<'_>,
+    want_send: bool,
+    flushed: bool,
+    blocked: &mut bool,
+) -> Poll<OutletEvent> {
+    if want_send {
+        return match out.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(OutletEvent::Ready),
+            Poll::Ready(Err(Gone)) => Poll::Ready(OutletEvent::Gone),
+            Poll::Pending if !*blocked => {
+                *blocked = true;
+                Poll::Ready(OutletEvent::Blocked)
+            }
+            Poll::Pending => Poll::Pending,
+        };
+    }
+    if !flushed {
+        return out.poll_flush(cx).map(|r| match r {
+            Ok(()) => OutletEvent::Flushed,
+            Err(Gone) => OutletEvent::Gone,
+        });
+    }
+    out.poll_gone(cx).map(|()| OutletEvent::Gone)
+}
+
 /// A time far enough away to stand for "never" in a `select!` branch that is disabled anyway.
 fn never() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// Runs one client until the connection ends; returns why.
-pub async fn drive<I>(
+pub async fn drive<I, O>(
     mut session: Session,
     mut inbound: I,
-    out: &mpsc::Sender<Outbound>,
+    out: &mut O,
     opts: DriveOptions,
 ) -> Close
 where
     I: Stream<Item = Inbound> + Unpin,
+    O: Outlet,
 {
     let signal = session.signal();
     // Whether readings may wait for the client: set by a wake-up from the hub or a control
@@ -104,6 +208,9 @@ where
     let mut unanswered = 0u32;
     let mut staged: VecDeque<Outbound> = VecDeque::new();
     let mut inbound_open = true;
+    // Whether everything given to the outlet was flushed, and whether it stopped taking more.
+    let mut flushed = true;
+    let mut blocked = false;
     // Created once, not at every turn of the loop (each creation costs a lock or a clock read).
     let mut shutdown = std::pin::pin!(opts.shutdown.cancelled());
     let mut expiry = std::pin::pin!(sleep_until(opts.expires_at.unwrap_or_else(never)));
@@ -112,7 +219,7 @@ where
         if !want_send {
             // Nothing waits for the client: whatever it was behind on, it has been given.
             session.clear_behind();
-        } else if out.capacity() == 0 {
+        } else if blocked {
             // Readings wait and the client has not taken what it was given.
             session.mark_behind(Instant::now());
         }
@@ -127,23 +234,32 @@ where
                 metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
                 return close::SLOW_CONSUMER;
             }
-            permit = out.reserve(), if want_send => {
-                let Ok(permit) = permit else { return close::CONNECTION_LOST };
-                if staged.is_empty() {
-                    match session.next_batch(Instant::now()) {
-                        Step::Send(msgs) => staged.extend(msgs),
-                        Step::Close(c) => return c,
-                        Step::Idle | Step::Progress => {}
+            event = poll_fn(|cx| poll_outlet(out, cx, want_send, flushed, &mut blocked)) => {
+                match event {
+                    OutletEvent::Ready => {
+                        blocked = false;
+                        if staged.is_empty() {
+                            match session.next_batch(Instant::now()) {
+                                Step::Send(msgs) => staged.extend(msgs),
+                                Step::Close(c) => return c,
+                                Step::Idle | Step::Progress => {}
+                            }
+                            dirty = session.has_more();
+                            // Presence events that came while the client was busy with data.
+                            staged.extend(session.take_presence());
+                        }
+                        if let Some(msg) = staged.pop_front() {
+                            if out.start_send(msg).is_err() {
+                                return close::CONNECTION_LOST;
+                            }
+                            flushed = false;
+                        }
                     }
-                    dirty = session.has_more();
-                    // Presence events that came while the client was busy with data.
-                    staged.extend(session.take_presence());
-                }
-                if let Some(msg) = staged.pop_front() {
-                    permit.send(msg);
+                    OutletEvent::Blocked => {} // the next turn marks the client behind
+                    OutletEvent::Flushed => flushed = true,
+                    OutletEvent::Gone => return close::CONNECTION_LOST,
                 }
             }
-            _ = out.closed(), if !want_send => return close::CONNECTION_LOST,
             msg = inbound.next(), if inbound_open => match msg {
                 Some(Inbound::Text(text)) => {
                     unanswered = 0;
@@ -170,8 +286,11 @@ where
                     return close::PING_TIMEOUT;
                 }
                 unanswered += 1;
-                // A full queue means the client is not reading; the deadline deals with that.
-                let _ = out.try_send(Outbound::Ping);
+                // A client that does not take what it is given is not pinged (the deadline
+                // deals with it), nor is a second ping queued behind the first.
+                if !blocked && !staged.contains(&Outbound::Ping) {
+                    staged.push_back(Outbound::Ping);
+                }
             }
         }
         if staged.len() > MAX_STAGED {
@@ -184,13 +303,4 @@ where
 /// Counts a finished connection.
 pub fn record_close(close: Close) {
     metrics::counter!(m::CLIENTS_CLOSED, "reason" => close.reason).increment(1);
-}
-
-/// Whether the client should still get the queued messages before the close (not when it is
-/// too slow to take them, nor when it is gone).
-pub fn drain_before_close(close: Close) -> bool {
-    !matches!(
-        close,
-        close::SLOW_CONSUMER | close::BACKLOG_OVERFLOW | close::CONNECTION_LOST | close::NORMAL
-    )
 }

@@ -51,8 +51,9 @@
 //! contiguous run of positions (one device frame, or everything) is encoded once and its `Bytes`
 //! shared by every client sending it (the hub's encode cache). A client over its backlog bound
 //! gets the policy of its subscriptions ([`filter::Policy`]); a client still behind after
-//! `slow_deadline` is closed with 4008. Per-client memory is bounded by the out queue
-//! ([`driver::OUT_QUEUE`] frames), the staged replies ([`driver::MAX_STAGED`]), the presence
+//! `slow_deadline` is closed with 4008. Per-client memory is bounded by the outlet (a
+//! WebSocket is written directly: one frame beyond the socket's buffer; SSE has a queue of
+//! [`driver::OUT_QUEUE`] frames), the staged replies ([`driver::MAX_STAGED`]), the presence
 //! inbox ([`route::PRESENCE_PER_CLIENT`]) and one overflow result (`max_backlog_readings`),
 //! whatever the client does; the publisher does one
 //! wake-up per publish per routed client and nothing per reading.

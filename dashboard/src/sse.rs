@@ -15,7 +15,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 
 use crate::close::{self, Close};
-use crate::driver::{self, CLOSE_GRACE, DriveOptions, OUT_QUEUE};
+use crate::driver::{self, CLOSE_GRACE, DriveOptions, OUT_QUEUE, QueueOutlet};
 use crate::metrics as m;
 use crate::session::{Outbound, Session};
 
@@ -83,7 +83,10 @@ pub fn serve(
             expects_pongs: false,
             ..opts
         };
-        let close = driver::drive(session, futures_util::stream::pending(), &tx, opts).await;
+        let mut outlet = QueueOutlet::new(tx.clone());
+        let close =
+            driver::drive(session, futures_util::stream::pending(), &mut outlet, opts).await;
+        drop(outlet);
         if close != close::CONNECTION_LOST {
             let body = serde_json::json!({"code": close.code, "reason": close.reason});
             let last = Outbound::Json {

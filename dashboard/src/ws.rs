@@ -2,16 +2,17 @@
 //! real upgraded socket in the server, channels in tests). The server accepts and upgrades the
 //! socket (with small buffers) and hands it here.
 
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::close::{self, Close};
-use crate::driver::{self, CLOSE_GRACE, DriveOptions, Inbound, OUT_QUEUE};
+use crate::driver::{self, CLOSE_GRACE, DriveOptions, Gone, Inbound, Outlet};
 use crate::hub::Format;
 use crate::metrics as m;
 use crate::session::{Outbound, Session};
@@ -48,53 +49,63 @@ pub fn message(out: Outbound) -> Message {
     }
 }
 
-async fn write_all<S>(sink: &mut S, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), WsError>
+/// The [`Outlet`] of a WebSocket: messages go straight into the socket (the server configures
+/// no write buffer, so each is one write), and a socket that does not take more is a client
+/// that is behind.
+struct SocketOutlet<'a, S> {
+    sink: &'a mut S,
+}
+
+impl<S> Outlet for SocketOutlet<'_, S>
 where
-    S: Sink<Message, Error = WsError> + Unpin,
+    S: Sink<Message, Error = WsError> + Unpin + Send,
 {
-    while let Some(out) = rx.recv().await {
-        sink.send(message(out)).await?;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        self.sink.poll_ready_unpin(cx).map_err(|_| Gone)
     }
-    Ok(())
+
+    fn start_send(&mut self, out: Outbound) -> Result<(), Gone> {
+        self.sink.start_send_unpin(message(out)).map_err(|_| Gone)
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Gone>> {
+        self.sink.poll_flush_unpin(cx).map_err(|_| Gone)
+    }
+
+    fn poll_gone(&mut self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Pending // the inbound half reports a lost connection
+    }
 }
 
 /// Serves one live client over a WebSocket until it ends; returns the close sent (or why the
 /// connection was lost). The close frame carries the code and reason of [`crate::close`].
 pub async fn serve<S>(socket: S, session: Session, opts: DriveOptions) -> Close
 where
-    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin + Send,
 {
     metrics::gauge!(m::CLIENTS, "transport" => "ws").increment(1.0);
     let (mut sink, stream) = socket.split();
     let inbound = stream
         .map(inbound)
         .chain(futures_util::stream::iter([Inbound::Lost]));
-    let (tx, mut rx) = mpsc::channel::<Outbound>(OUT_QUEUE);
-    let close = {
-        let driver = driver::drive(session, inbound, &tx, opts);
-        let writer = write_all(&mut sink, &mut rx);
-        tokio::pin!(driver, writer);
-        tokio::select! {
-            biased;
-            c = &mut driver => c,
-            _ = &mut writer => close::CONNECTION_LOST,
-        }
-    };
-    drop(tx);
+    let close = driver::drive(
+        session,
+        inbound,
+        &mut SocketOutlet { sink: &mut sink },
+        opts,
+    )
+    .await;
     if close != close::CONNECTION_LOST {
-        let frame = CloseFrame {
-            code: CloseCode::from(close.code),
-            reason: close.reason.into(),
-        };
+        // What was given to the socket goes first (the close frame is written after it).
         let finish = async {
-            if driver::drain_before_close(close) {
-                write_all(&mut sink, &mut rx).await?;
-            }
-            rx.close();
             // After the client's close the library answers it itself; `close` then flushes.
             if close == close::NORMAL {
                 sink.close().await
             } else {
+                let frame = CloseFrame {
+                    code: CloseCode::from(close.code),
+                    reason: close.reason.into(),
+                };
                 sink.send(Message::Close(Some(frame))).await
             }
         };

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use codecs::{Direction, Frame, Reading};
-use dashboard::driver::{DriveOptions, Inbound, OUT_QUEUE, drive};
+use dashboard::driver::{DriveOptions, Inbound, OUT_QUEUE, QueueOutlet, drive};
 use dashboard::{ClientLimits, Close, Format, Grants, Hub, HubConfig, Outbound, Session};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -57,7 +57,8 @@ pub fn start(
     let inbound = Box::pin(futures_util::stream::unfold(in_rx, |mut rx| async move {
         rx.recv().await.map(|m| (m, rx))
     }));
-    let task = tokio::spawn(async move { drive(session, inbound, &tx, opts).await });
+    let task =
+        tokio::spawn(async move { drive(session, inbound, &mut QueueOutlet::new(tx), opts).await });
     Client {
         inbound: in_tx,
         out: rx,
