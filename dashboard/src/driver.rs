@@ -212,7 +212,10 @@ where
     let mut flushed = true;
     let mut blocked = false;
     // Created once, not at every turn of the loop (each creation costs a lock or a clock read).
-    let mut shutdown = std::pin::pin!(opts.shutdown.cancelled());
+    // A child token: polling a token locks its node, and a thousand clients polling the
+    // server's own token at every turn contended for one lock.
+    let shutdown_token = opts.shutdown.child_token();
+    let mut shutdown = std::pin::pin!(shutdown_token.cancelled());
     let mut expiry = std::pin::pin!(sleep_until(opts.expires_at.unwrap_or_else(never)));
     loop {
         let want_send = !staged.is_empty() || dirty;
