@@ -237,6 +237,21 @@ where
                 metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
                 return close::SLOW_CONSUMER;
             }
+            // Before the outlet: a client that is always behind (the outlet always ready) must
+            // still get its control messages and pongs read.
+            msg = inbound.next(), if inbound_open => match msg {
+                Some(Inbound::Text(text)) => {
+                    unanswered = 0;
+                    staged.extend(session.handle_text(&text));
+                    dirty = true;
+                }
+                Some(Inbound::Binary) => staged.push_back(session.handle_binary()),
+                Some(Inbound::Alive) => unanswered = 0,
+                Some(Inbound::TooLarge) => return close::TOO_LARGE,
+                Some(Inbound::Closed) => return close::NORMAL,
+                Some(Inbound::Lost) => return close::CONNECTION_LOST,
+                None => inbound_open = false,
+            },
             event = poll_fn(|cx| poll_outlet(out, cx, want_send, flushed, &mut blocked)) => {
                 match event {
                     OutletEvent::Ready => {
@@ -263,19 +278,6 @@ where
                     OutletEvent::Gone => return close::CONNECTION_LOST,
                 }
             }
-            msg = inbound.next(), if inbound_open => match msg {
-                Some(Inbound::Text(text)) => {
-                    unanswered = 0;
-                    staged.extend(session.handle_text(&text));
-                    dirty = true;
-                }
-                Some(Inbound::Binary) => staged.push_back(session.handle_binary()),
-                Some(Inbound::Alive) => unanswered = 0,
-                Some(Inbound::TooLarge) => return close::TOO_LARGE,
-                Some(Inbound::Closed) => return close::NORMAL,
-                Some(Inbound::Lost) => return close::CONNECTION_LOST,
-                None => inbound_open = false,
-            },
             _ = &mut wake, if !dirty => {
                 dirty = true;
                 wake.set(signal.clone().notified_owned());
