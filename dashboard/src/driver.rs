@@ -26,8 +26,10 @@ use crate::session::{Outbound, Session, Step};
 /// Messages a [`QueueOutlet`]'s queue holds. Small on purpose: what a client has not taken stays
 /// in the shared log (as its cursor) instead of piling up per client.
 pub const OUT_QUEUE: usize = 4;
-/// Replies and events that may wait behind a full queue; a client that lets more pile up is
-/// closed with 4008 "slow consumer" (it sends requests but does not read the answers).
+/// Replies and events that may wait for the client. From half of this on, the loop stops
+/// reading requests until answers went out, so a client that sends requests but does not read
+/// the answers meets the slow-consumer deadline; going over it (events alone) closes with
+/// 4008 "slow consumer".
 pub const MAX_STAGED: usize = 256;
 /// How long the final messages and the close frame may take once a connection ends.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -238,8 +240,9 @@ where
                 return close::SLOW_CONSUMER;
             }
             // Before the outlet: a client that is always behind (the outlet always ready) must
-            // still get its control messages and pongs read.
-            msg = inbound.next(), if inbound_open => match msg {
+            // still get its control messages and pongs read. Not while answers pile up: a burst
+            // of requests then waits in the socket (TCP backpressure) until they went out.
+            msg = inbound.next(), if inbound_open && staged.len() < MAX_STAGED / 2 => match msg {
                 Some(Inbound::Text(text)) => {
                     unanswered = 0;
                     staged.extend(session.handle_text(&text));

@@ -79,6 +79,10 @@ where
 
 /// Serves one live client over a WebSocket until it ends; returns the close sent (or why the
 /// connection was lost). The close frame carries the code and reason of [`crate::close`].
+///
+/// The socket should have no write buffer (`write_buffer_size(0)`, as the server configures
+/// it): then a message given is a message written, and a socket that does not take more is
+/// what tells the hub that the client is behind, so per-client memory stays bounded.
 pub async fn serve<S>(socket: S, session: Session, opts: DriveOptions) -> Close
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin + Send,
@@ -99,6 +103,9 @@ where
         // What was given to the socket goes first (the close frame is written after it).
         let finish = async {
             // After the client's close the library answers it itself; `close` then flushes.
+            // A message the split sink still holds then fails (SendAfterClosing), but only after
+            // the flush before it wrote the library's reply (the test
+            // `a_client_that_closes_while_behind_still_gets_the_close_reply` checks this).
             if close == close::NORMAL {
                 sink.close().await
             } else {

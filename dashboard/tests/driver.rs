@@ -357,10 +357,64 @@ async fn identical_subscriptions_share_the_encoded_frame() {
 async fn a_client_that_never_reads_replies_is_closed_not_buffered_forever() {
     let hub = hub();
     let c = client(&hub);
-    for i in 0..(dashboard::driver::MAX_STAGED + OUT_QUEUE + 2) {
-        c.send(&format!(r#"{{"id":{i},"op":"ping"}}"#)).await;
+    let mut sent = 0;
+    for i in 0..(dashboard::driver::MAX_STAGED * 4) {
+        let ping = Inbound::Text(format!(r#"{{"id":{i},"op":"ping"}}"#));
+        if c.inbound.send(ping).await.is_err() {
+            break; // the loop ended
+        }
+        sent += 1;
     }
+    // It stopped reading requests once answers piled up, and closed at the deadline.
+    assert!(
+        sent < dashboard::driver::MAX_STAGED * 2,
+        "{sent} requests read"
+    );
     assert_eq!(c.closed().await, close::SLOW_CONSUMER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_requests_read_at_once_is_answered_in_full() {
+    use dashboard::Session;
+    use dashboard::driver::{MAX_STAGED, QueueOutlet, drive};
+    use futures_util::StreamExt;
+
+    let hub = hub();
+    let session = Session::new(hub.clone(), Format::Binary, Grants::All, limits());
+    // Every request is there at once, as when a client pipelines many into one TCP read.
+    let n = MAX_STAGED * 3;
+    let burst: Vec<Inbound> = (0..n)
+        .map(|i| Inbound::Text(format!(r#"{{"id":{i},"op":"ping"}}"#)))
+        .collect();
+    let inbound = futures_util::stream::iter(burst).chain(futures_util::stream::pending());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(OUT_QUEUE);
+    let task = tokio::spawn(async move {
+        drive(
+            session,
+            inbound,
+            &mut QueueOutlet::new(tx),
+            DriveOptions::default(),
+        )
+        .await
+    });
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let msg = tokio::time::timeout(Duration::from_secs(1), rx.recv())
+            .await
+            .expect("a reply within 1s")
+            .expect("the loop is still running");
+        if let Outbound::Json { bytes, .. } = msg {
+            let v: Value = serde_json::from_slice(&bytes).expect("json");
+            ids.push(v["id"].as_u64().expect("reply id"));
+        }
+    }
+    assert_eq!(
+        ids,
+        (0..n as u64).collect::<Vec<_>>(),
+        "every request answered, in order"
+    );
+    assert!(!task.is_finished(), "the client is still connected");
+    task.abort();
 }
 
 #[tokio::test(start_paused = true)]

@@ -74,6 +74,9 @@ pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpList
 pub async fn open(
     config: &Config,
 ) -> Result<(Arc<auth::Authority>, Arc<dyn store::Store>), ServerError> {
+    // The metrics recorder goes in before anything records: parts that keep metric handles
+    // (the live hub) would otherwise hold ones that count nowhere.
+    telemetry::handle();
     std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir {
         path: config.data_dir.display().to_string(),
         reason: e.to_string(),

@@ -138,3 +138,51 @@ async fn a_slow_client_is_coalesced_then_closed_while_a_fast_client_loses_nothin
     assert_eq!(values.len(), want.len());
     assert!(values == want, "the fast client got every reading in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_while_behind_still_gets_the_close_reply() {
+    let server = TestServer::start(|c| {
+        c.live_slow_deadline = "60s".parse().expect("duration");
+        c.device_frames_per_sec = 100_000;
+        c.tcp_send_buffer = 16 * 1024;
+    })
+    .await;
+    let token = operator(&server, &["*"]);
+    let mut slow = connect_small(&server, &token).await;
+    slow.subscribe(json!({"devices": [1]})).await;
+
+    // Far more than the two socket buffers hold: the server is left with data it cannot write.
+    let mut dev = server.device(1).await;
+    for seq in 1..=400 {
+        dev.send(seq, PER_FRAME).await;
+        if seq % WINDOW == 0 {
+            dev.wait_ack(seq).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The client closes without having read, then reads what was on its way: the data, then
+    // the server's answer to its close (not a dropped connection).
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    slow.ws
+        .send(tokio_tungstenite::tungstenite::Message::Close(Some(
+            CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            },
+        )))
+        .await
+        .expect("close sent");
+    let mut data = 0;
+    let end = loop {
+        match slow.next(Duration::from_secs(5)).await {
+            Got::Data(..) => data += 1,
+            Got::Json(_) => {}
+            other => break other,
+        }
+    };
+    assert!(data > 0, "data was waiting when the client closed");
+    assert_eq!(end, Got::Close(1000, "bye".into()));
+}

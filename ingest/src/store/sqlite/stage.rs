@@ -14,8 +14,9 @@
 //! receives every batch. Once it holds [`StagingLimits::rows`] readings or is
 //! [`StagingLimits::age`] old, and the other table is empty, the two swap: the full one becomes
 //! the *moving* one, and the writer moves it into `readings` one device range per transaction
-//! ([`Stage::move_step`]), while no batch waits for the writer, spread over half the time the
-//! table took to fill ([`Pace`]) so that moving never takes a core away from the server at once. Each step inserts the readings
+//! ([`Stage::move_step`]), while no batch waits for the writer, spread over three quarters of the
+//! time the table took to fill ([`Pace`]) so that moving never takes a core away from the
+//! server at once. Each step inserts the readings
 //! of devices `(moved_through, upper]` and sets `moved_through = upper` in the same
 //! transaction, so a crash anywhere moves nothing twice and loses nothing. Once every device is
 //! moved, `moved_through` is set to `i64::MAX` (no row of the table is visible any more) and the
@@ -122,12 +123,13 @@ struct Moving {
     pace: Option<Pace>,
 }
 
-/// Spreads a table's move (and the clearing after it) over half the time the table took to
-/// fill, instead of moving it flat out: a move of a million readings is about a second of one
-/// core's time, and taken at once it starved the live fan-out of CPU on a 2-core machine (live
-/// p99 went from ~15 ms to 70-170 ms for that second, `BENCHMARKS.md`). Half the fill time
-/// leaves room for the fleet to double its rate before moving falls behind (which then takes
-/// over: a step after every batch, unpaced).
+/// Spreads a table's move (and the clearing after it) over three quarters of the time the
+/// table took to fill (at most of [`StagingLimits::age`]), instead of moving it flat out: a
+/// move of a million readings is about a second of one core's time, and taken at once it
+/// starved the live fan-out of CPU on a 2-core machine (live p99 went from ~15 ms to 70-170 ms
+/// for that second, `BENCHMARKS.md`). Three quarters leave room for the fleet's rate to grow
+/// by a third before moving falls behind (which then takes over: a step after every batch,
+/// unpaced).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Pace {
     /// When the move started.
@@ -144,11 +146,12 @@ pub(super) struct Pace {
 const SPAN_OF_FILL: f64 = 0.75;
 
 impl Pace {
-    /// Pacing for moving `rows` readings that took `filled` to stage, from `now`.
-    pub(super) fn new(now: Instant, filled: Duration, rows: u64) -> Pace {
+    /// Pacing for moving `rows` readings that took `filled` to stage, from `now`. A fill time
+    /// over `max_fill` (a table that waited for the other one to empty) counts as `max_fill`.
+    pub(super) fn new(now: Instant, filled: Duration, max_fill: Duration, rows: u64) -> Pace {
         Pace {
             started: now,
-            span: filled.mul_f64(SPAN_OF_FILL),
+            span: filled.min(max_fill).mul_f64(SPAN_OF_FILL),
             total: rows.saturating_mul(2),
             done: 0,
         }
@@ -302,7 +305,7 @@ impl Stage {
             self.moving = Some(Moving {
                 table: self.appending,
                 moved_through: None,
-                pace: Some(Pace::new(now, filled, self.appended)),
+                pace: Some(Pace::new(now, filled, self.limits.age, self.appended)),
             });
             self.appending = 1 - self.appending;
             self.appended = 0;
@@ -330,8 +333,9 @@ impl Stage {
             None => Some(i64::MIN),
             Some(d) => d.checked_add(1),
         };
-        // Behind, a step takes twice what the last batch appended: the moving table drains
-        // while the appending one grows by at most half as much, so neither grows without end.
+        // Behind, a step takes twice what the last batch appended, a move step and then a
+        // clear step alike: the moving table is moved and cleared while the appending one
+        // grows by at most as much as it held, so neither grows without end.
         let budget = if self.move_behind() {
             self.limits.move_rows.max(self.last_batch.saturating_mul(2))
         } else {
@@ -438,7 +442,7 @@ mod tests {
     fn a_paced_move_follows_a_straight_line_over_its_span() {
         let t0 = Instant::now();
         // 1,000 rows staged over 8 s: 2,000 rows of work (move, then clear) over 6 s.
-        let mut pace = Pace::new(t0, Duration::from_secs(8), 1_000);
+        let mut pace = Pace::new(t0, Duration::from_secs(8), Duration::from_secs(30), 1_000);
         assert_eq!(pace.span, Duration::from_secs(6));
         assert_eq!(
             pace.next_due(),
@@ -456,8 +460,21 @@ mod tests {
     #[test]
     fn a_table_filled_in_no_time_is_moved_without_waiting() {
         let t0 = Instant::now();
-        let mut pace = Pace::new(t0, Duration::ZERO, 10_000);
+        let mut pace = Pace::new(t0, Duration::ZERO, Duration::from_secs(30), 10_000);
         pace.done = 5_000;
         assert_eq!(pace.next_due(), t0);
+    }
+
+    #[test]
+    fn a_table_that_waited_long_is_paced_as_if_filled_in_the_age_limit() {
+        let t0 = Instant::now();
+        // Half an hour since its first reading (it waited for the other table), 30 s age limit.
+        let pace = Pace::new(
+            t0,
+            Duration::from_secs(1_800),
+            Duration::from_secs(30),
+            1_000,
+        );
+        assert_eq!(pace.span, Duration::from_millis(22_500));
     }
 }
