@@ -43,7 +43,8 @@ from mdsection import write_section
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-DEVICES, READINGS, PER_CLIENT = 1000, 10, 10
+DEVICES, PER_CLIENT = 1000, 10
+READINGS = 10  # readings per frame; --readings sets it
 
 
 def free_port():
@@ -289,6 +290,9 @@ def main():
     ap.add_argument("--stalled", default="0,10")
     ap.add_argument("--rate", default="10,5",
                     help="frames/s per device (10 readings each), comma-separated: one table per rate; default 10,5")
+    ap.add_argument("--readings", type=int, default=10,
+                    help="readings per device frame (default 10); --rate 100 --readings 1 offers the same "
+                         "readings/s as one message per reading, the way many MQTT fleets publish")
     ap.add_argument("--warmup", type=int, default=5,
                     help="seconds after the connection ramp left out of the latency histograms (default 5)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -297,6 +301,8 @@ def main():
     ap.add_argument("--section", default="fanout",
                     help="marker name of the BENCHMARKS.md section --write replaces (default fanout)")
     a = ap.parse_args()
+    global READINGS
+    READINGS = a.readings
     duration = a.duration or (8 if a.quick else 20)
     if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
         sys.exit("mosquitto not found: apt-get install mosquitto")
@@ -308,7 +314,7 @@ def main():
     rates = [float(x) for x in a.rate.split(",")]
     cmd = "python3 bench/fanout.py" + (" --quick" if a.quick else "") + (f" --duration {a.duration}" if a.duration else "") \
         + (f" --dashboards {a.dashboards}" if a.dashboards != "1,100,1000" else "") + (f" --stalled {a.stalled}" if a.stalled != "0,10" else "") \
-        + (f" --rate {a.rate}" if a.rate != "10,5" else "") + (f" --warmup {a.warmup}" if a.warmup != 5 else "") \
+        + (f" --rate {a.rate}" if a.rate != "10,5" else "") + (f" --readings {a.readings}" if a.readings != 10 else "") + (f" --warmup {a.warmup}" if a.warmup != 5 else "") \
         + (f" --repeat {a.repeat}" if a.repeat != 1 else "") + (f" --section {a.section}" if a.section != "fanout" else "")
     blocks = []
     for rate in rates:

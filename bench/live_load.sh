@@ -9,6 +9,7 @@
 #
 #   bench/live_load.sh BINARY [RATE] [DASHBOARDS] [DUR] [DEVICES]     (defaults 10 1000 15s 1000)
 #   STALLED=10 bench/live_load.sh ...   (plus 10 clients that subscribe to all and never read)
+#   READINGS=1 bench/live_load.sh BIN 100   (one reading per frame: 100 frames/s per device)
 #   e.g. for i in 1 2 3; do for b in /tmp/ingest-a /tmp/ingest-b; do bench/live_load.sh $b; done; done
 set -euo pipefail
 bin=${1:?server binary}; rate=${2:-10}; dashboards=${3:-1000}; dur=${4:-15s}; devices=${5:-1000}
@@ -26,7 +27,7 @@ mkdir -p /tmp/last
 trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do [ -f "$dir/token-secret" ] && curl -sf "127.0.0.1:$port/healthz" > /dev/null && break; sleep 0.1; done
 "$sim" --url "ws://127.0.0.1:$port" --secret-file "$dir/token-secret" --devices "$devices" \
-  --rate "$rate" --readings 10 --duration "$dur" --ramp 5000 --drain-timeout 10s \
+  --rate "$rate" --readings "${READINGS:-10}" --duration "$dur" --ramp 5000 --drain-timeout 10s \
   --dashboards "$dashboards" --dashboard-devices 10 --dashboard-all 1 \
   --stalled-dashboards "${STALLED:-0}" --dashboard-grace 3s --warmup 5s \
   --progress-every "${PROGRESS:-5s}" --json "$dir/sim.json" > /dev/null 2> /tmp/last/live-sim.err &

@@ -191,6 +191,13 @@ pub struct Config {
     )]
     pub device_readings_per_sec: u32,
 
+    /// How far ahead of its frame and reading rates a device may get (the token buckets' depth,
+    /// in seconds of its rate). Frames that waited in the socket while the server was slow to
+    /// read, or unacked frames resent after a reconnect, arrive together; a device within its
+    /// rate on average is not closed for them. 1s: the strictest bucket.
+    #[arg(long, env = "TELEMUX_DEVICE_RATE_BURST", default_value = "10s")]
+    pub device_rate_burst: HumanDuration,
+
     /// On SIGINT/SIGTERM, give connections and the writer this long to finish.
     #[arg(long, env = "TELEMUX_SHUTDOWN_TIMEOUT", default_value = "10s")]
     pub shutdown_timeout: HumanDuration,
@@ -401,6 +408,13 @@ impl Config {
                 reason: format!("{} is not a nice value from 0 to 19", self.storage_nice),
             });
         }
+        if self.device_rate_burst.0 < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "device_rate_burst",
+                reason: "must be at least 1s (a device may always send one second's worth at once)"
+                    .into(),
+            });
+        }
         if self.queue_max_bytes < self.max_frame_bytes {
             return Err(ConfigError::Invalid {
                 key: "queue_max_bytes",
@@ -546,6 +560,10 @@ mod tests {
         assert_eq!(c.staging_rows, 1_000_000);
         assert_eq!(c.staging_rows_per_device, 1_000);
         assert_eq!(c.staging_max_age.0, Duration::from_secs(30));
+        assert_eq!(c.device_frames_per_sec, 200);
+        assert_eq!(c.device_rate_burst.0, Duration::from_secs(10));
+        let e = load(&["ingest", "--device-rate-burst", "500ms"]).expect_err("burst range");
+        assert!(e.to_string().contains("device_rate_burst"), "{e}");
     }
 
     #[test]

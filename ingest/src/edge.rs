@@ -210,7 +210,11 @@ impl Connection {
         });
         let cfg = &app.config;
         let mut conn = Connection {
-            rate: DeviceRate::new(cfg.device_frames_per_sec, cfg.device_readings_per_sec),
+            rate: DeviceRate::new(
+                cfg.device_frames_per_sec,
+                cfg.device_readings_per_sec,
+                cfg.device_rate_burst.0,
+            ),
             app: app.clone(),
             ws,
             device,

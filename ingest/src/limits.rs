@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -101,7 +102,9 @@ impl DeviceLimit {
     }
 }
 
-/// Token buckets of one device connection: frames/s and readings/s, each with a one-second burst.
+/// Token buckets of one device connection: frames/s and readings/s, each `burst` deep (in
+/// seconds of its rate), so frames that arrive together after waiting in the socket are not
+/// taken for a device over its rate.
 pub struct DeviceRate {
     /// Frames bucket.
     frames: DefaultDirectRateLimiter,
@@ -112,11 +115,15 @@ pub struct DeviceRate {
 }
 
 impl DeviceRate {
-    /// Buckets for `frames_per_sec` and `readings_per_sec`.
-    pub fn new(frames_per_sec: u32, readings_per_sec: u32) -> Self {
+    /// Buckets for `frames_per_sec` and `readings_per_sec`, `burst` deep (at least one second).
+    pub fn new(frames_per_sec: u32, readings_per_sec: u32, burst: Duration) -> Self {
+        let depth = |per_sec: u32| {
+            let n = (f64::from(per_sec) * burst.as_secs_f64().max(1.0)).min(f64::from(u32::MAX));
+            Quota::per_second(nz(per_sec)).allow_burst(nz(n as u32))
+        };
         DeviceRate {
-            frames: RateLimiter::direct(Quota::per_second(nz(frames_per_sec))),
-            readings: RateLimiter::direct(Quota::per_second(nz(readings_per_sec))),
+            frames: RateLimiter::direct(depth(frames_per_sec)),
+            readings: RateLimiter::direct(depth(readings_per_sec)),
             readings_per_sec,
         }
     }
@@ -153,11 +160,30 @@ mod tests {
 
     #[test]
     fn device_rate_refuses_bursts_past_the_quota() {
-        let rate = DeviceRate::new(5, 1000);
+        let second = Duration::from_secs(1);
+        let rate = DeviceRate::new(5, 1000, second);
         let ok = (0..20).filter(|_| rate.check(1).is_ok()).count();
         assert_eq!(ok, 5, "a one-second burst of 5 frames");
-        let rate = DeviceRate::new(100, 10);
+        let rate = DeviceRate::new(100, 10, second);
         assert_eq!(rate.check(11), Err(DeviceLimit::Readings));
+    }
+
+    #[test]
+    fn a_deeper_bucket_takes_that_many_seconds_at_once_and_no_more() {
+        let rate = DeviceRate::new(5, 1000, Duration::from_secs(10));
+        let ok = (0..100).filter(|_| rate.check(1).is_ok()).count();
+        assert_eq!(ok, 50, "ten seconds' worth of frames at once");
+        let rate = DeviceRate::new(1000, 10, Duration::from_secs(3));
+        assert_eq!(
+            rate.check(11),
+            Err(DeviceLimit::Readings),
+            "still one second per frame"
+        );
+        assert!(
+            (0..3).all(|_| rate.check(10).is_ok()),
+            "three seconds of readings"
+        );
+        assert_eq!(rate.check(10), Err(DeviceLimit::Readings));
     }
 
     #[test]

@@ -114,7 +114,11 @@ async fn connection_sending_no_frame_within_idle_timeout_is_closed_4002() {
 
 #[tokio::test]
 async fn frame_rate_limit_closes_only_the_offending_device_with_4029() {
-    let mut server = TestServer::start(|c| c.device_frames_per_sec = 2).await;
+    let mut server = TestServer::start(|c| {
+        c.device_frames_per_sec = 2;
+        c.device_rate_burst = ms(1000);
+    })
+    .await;
     let before = metrics_text(server.addr).await;
     let mut calm = server.device(45).await;
     calm.send(1, 1).await;
@@ -148,9 +152,39 @@ async fn frame_rate_limit_closes_only_the_offending_device_with_4029() {
     );
 }
 
+/// Frames that waited in the socket (the server was slow to read them, or the device resends its
+/// unacked frames after a reconnect) arrive together: within `--device-rate-burst` seconds of
+/// the device's rate they are accepted; past it the device is closed as before.
+#[tokio::test]
+async fn a_burst_within_the_rate_burst_is_accepted_and_past_it_closed() {
+    let mut server = TestServer::start(|c| {
+        c.device_frames_per_sec = 2;
+        c.device_rate_burst = ms(3000);
+    })
+    .await;
+    let mut dev = server.device(44).await;
+    for seq in 1..=7 {
+        dev.send(seq, 1).await;
+    }
+    let (errors, close) = errors_then_close(&mut dev).await;
+    assert_eq!(errors, [(7, Reason::RateLimited.wire(), 2)]);
+    assert_eq!(close, (4029, "rate limited".into()));
+    server.shutdown().await;
+    let seqs: Vec<u64> = server.stored(44).iter().map(|r| r.0).collect();
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4, 5, 6],
+        "three seconds' worth at once is stored"
+    );
+}
+
 #[tokio::test]
 async fn reading_rate_limit_closes_the_device_with_4029() {
-    let server = TestServer::start(|c| c.device_readings_per_sec = 10).await;
+    let server = TestServer::start(|c| {
+        c.device_readings_per_sec = 10;
+        c.device_rate_burst = ms(1000);
+    })
+    .await;
     let mut dev = server.device(47).await;
     dev.send(1, 6).await;
     dev.send(2, 6).await;
