@@ -224,6 +224,14 @@ pub struct Config {
     #[arg(long, env = "TELEMUX_TCP_SEND_BUFFER", default_value_t = 0)]
     pub tcp_send_buffer: usize,
 
+    /// Most unsent bytes the kernel holds per connection (`TCP_NOTSENT_LOWAT`; 0 keeps the
+    /// kernel's default, no limit below the send buffer). Unlike `--tcp-send-buffer` it does not
+    /// cap bytes in flight, so throughput over long links is unchanged; it makes a dashboard
+    /// that reads slower than its readings arrive push back on the live hub after this many
+    /// bytes instead of megabytes, so it is coalesced while its view is still fresh.
+    #[arg(long, env = "TELEMUX_TCP_NOTSENT_LOWAT", default_value_t = 32 * 1024)]
+    pub tcp_notsent_lowat: u32,
+
     /// Live: how long a reading stays resumable after it arrived (the resume window).
     #[arg(long, env = "TELEMUX_LIVE_RESUME_WINDOW", default_value = "2m")]
     pub live_resume_window: HumanDuration,
@@ -562,6 +570,7 @@ mod tests {
         assert_eq!(c.staging_max_age.0, Duration::from_secs(30));
         assert_eq!(c.device_frames_per_sec, 200);
         assert_eq!(c.device_rate_burst.0, Duration::from_secs(10));
+        assert_eq!(c.tcp_notsent_lowat, 32 * 1024);
         let e = load(&["ingest", "--device-rate-burst", "500ms"]).expect_err("burst range");
         assert!(e.to_string().contains("device_rate_burst"), "{e}");
     }

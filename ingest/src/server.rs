@@ -207,6 +207,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         limit_send_buffer(&stream, app.config.tcp_send_buffer);
+        limit_unsent(&stream, app.config.tcp_notsent_lowat);
         let svc = routes.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(PeerAddr(addr));
@@ -261,6 +262,18 @@ fn limit_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) {
         && let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(bytes)
     {
         debug!(error = %e, "cannot set SO_SNDBUF");
+    }
+}
+
+/// Caps the unsent bytes the kernel holds for a connection (`TCP_NOTSENT_LOWAT`; 0 keeps the
+/// kernel's default): writes wait once that much is queued unsent, so a dashboard that cannot
+/// keep up is seen as behind by the live hub (and coalesced) while what it missed is seconds,
+/// not megabytes, old. Bytes in flight are not capped, unlike `SO_SNDBUF`.
+fn limit_unsent(stream: &tokio::net::TcpStream, bytes: u32) {
+    if bytes > 0
+        && let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes)
+    {
+        debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
     }
 }
 
@@ -344,5 +357,28 @@ fn evict_revoked(app: &App) {
             }
             link.close.cancel();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_the_unsent_limit() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        limit_unsent(&stream, 32 * 1024);
+        let lowat = socket2::SockRef::from(&stream)
+            .tcp_notsent_lowat()
+            .expect("getsockopt");
+        assert_eq!(lowat, 32 * 1024);
+        limit_unsent(&stream, 0);
+        let kept = socket2::SockRef::from(&stream)
+            .tcp_notsent_lowat()
+            .expect("getsockopt");
+        assert_eq!(kept, 32 * 1024, "0 leaves the socket as it is");
     }
 }
