@@ -52,7 +52,8 @@
 //! shared by every client sending it (the hub's encode cache). A client over its backlog bound
 //! gets the policy of its subscriptions ([`filter::Policy`]); a client still behind after
 //! `slow_deadline` is closed with 4008. Per-client memory is bounded by the outlet (a
-//! WebSocket is written directly: beyond the socket's buffer, up to two frames (one the socket
+//! WebSocket is written directly: beyond the socket's buffer (the server caps its unsent part,
+//! `ingest --tcp-notsent-lowat`), up to two frames (one the socket
 //! started writing, one held) plus a pending pong or close reply; SSE has a queue of
 //! [`driver::OUT_QUEUE`] frames), the staged replies ([`driver::MAX_STAGED`]), the presence
 //! inbox ([`route::PRESENCE_PER_CLIENT`]) and one overflow result (`max_backlog_readings`),
