@@ -167,6 +167,29 @@ struct Connection {
     rate: DeviceRate,
     bad_frames: u32,
     out: Vec<u8>,
+    /// A child of the server's shutdown token: polled at every frame, and a thousand
+    /// connections polling the server's own token contend for its one lock.
+    shutdown: CancellationToken,
+    /// Per-frame counters, looked up once per connection (a `metrics::counter!` lookup hashes
+    /// the name on every call).
+    counters: FrameCounters,
+}
+
+/// The counters a connection bumps for every frame.
+struct FrameCounters {
+    frames: metrics::Counter,
+    readings: metrics::Counter,
+    acks: metrics::Counter,
+}
+
+impl FrameCounters {
+    fn new() -> FrameCounters {
+        FrameCounters {
+            frames: metrics::counter!(m::FRAMES_ACCEPTED),
+            readings: metrics::counter!(m::READINGS_ACCEPTED),
+            acks: metrics::counter!(m::ACKS_SENT),
+        }
+    }
 }
 
 impl Connection {
@@ -225,6 +248,8 @@ impl Connection {
             evicted,
             bad_frames: 0,
             out: Vec::with_capacity(64),
+            shutdown: app.shutdown.child_token(),
+            counters: FrameCounters::new(),
         };
         let close = conn.serve(&peer.claims).await;
         // Detach only if still ours (a replacement may have taken over already).
@@ -263,7 +288,7 @@ impl Connection {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut unanswered = 0u32;
         let mut idle_deadline = tokio::time::Instant::now() + idle;
-        let shutdown = self.app.shutdown.clone();
+        let shutdown = self.shutdown.clone();
 
         // Tell a reconnecting device at once what is already stored.
         let initial = self.device.lock().acked;
@@ -417,13 +442,13 @@ impl Connection {
         let reservation = tokio::select! {
             r = writer.reserve(bytes.len()) => r,
             _ = self.evict.cancelled() => return None, // the loop sees the eviction next
-            _ = app.shutdown.cancelled() => return None,
+            _ = self.shutdown.cancelled() => return None,
         };
         let verdict = self.device.lock().admit(seq);
         match verdict {
             Verdict::New => {
-                metrics::counter!(m::FRAMES_ACCEPTED).increment(1);
-                metrics::counter!(m::READINGS_ACCEPTED).increment(readings as u64);
+                self.counters.frames.increment(1);
+                self.counters.readings.increment(readings as u64);
                 let item = Accepted {
                     device_id: self.device_id,
                     seq,
@@ -498,7 +523,7 @@ impl Connection {
     async fn send_ack(&mut self, seq: u64) -> Result<(), ()> {
         self.out.clear();
         codecs::encode_ack(&mut self.out, self.device_id, seq);
-        metrics::counter!(m::ACKS_SENT).increment(1);
+        self.counters.acks.increment(1);
         let msg = Message::Binary(Bytes::copy_from_slice(&self.out));
         self.send(msg).await
     }
