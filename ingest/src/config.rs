@@ -224,8 +224,9 @@ pub struct Config {
     #[arg(long, env = "TELEMUX_TCP_SEND_BUFFER", default_value_t = 0)]
     pub tcp_send_buffer: usize,
 
-    /// Most unsent bytes the kernel holds per connection (`TCP_NOTSENT_LOWAT`; 0 keeps the
-    /// kernel's default, no limit below the send buffer). Unlike `--tcp-send-buffer` it does not
+    /// Most unsent bytes the kernel holds per device or dashboard connection (WebSocket or SSE;
+    /// `TCP_NOTSENT_LOWAT`; 0 keeps the kernel's default, no limit below the send buffer; the
+    /// history API keeps the default too). Unlike `--tcp-send-buffer` it does not
     /// cap bytes in flight, so throughput over long links is unchanged; it makes a dashboard
     /// that reads slower than its readings arrive push back on the live hub after this many
     /// bytes instead of megabytes, so it is coalesced while its view is still fresh.

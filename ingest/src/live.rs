@@ -22,7 +22,7 @@ use dashboard::{DriveOptions, Format, Grants, Session};
 use crate::auth::Claims;
 use crate::limits::ConnectionSlot;
 use crate::routes::{is_websocket_request, json_error, retry_later, switching_protocols};
-use crate::server::{App, PeerAddr};
+use crate::server::{App, ConnSocket, PeerAddr};
 use crate::telemetry as m;
 
 /// WebSocket read buffer per dashboard connection: clients send only small control messages
@@ -116,6 +116,7 @@ pub fn upgrade(
     headers: http::HeaderMap,
     query: String,
     peer: PeerAddr,
+    socket: ConnSocket,
     on_upgrade: Option<OnUpgrade>,
 ) -> warp::reply::Response {
     let admitted = match admit(&app, &headers, &query) {
@@ -129,6 +130,7 @@ pub fn upgrade(
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13); use /v1/live/sse for Server-Sent Events",
         );
     };
+    socket.limit_unsent(app.config.tcp_notsent_lowat);
     let (format, subprotocol) = negotiate(&headers);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
@@ -185,11 +187,17 @@ fn query_error(e: &ProtocolError) -> warp::reply::Response {
 }
 
 /// `GET /v1/live/sse?devices=1,2|*&tag=..&policy=..`: checks, then streams JSON events.
-pub fn sse(app: Arc<App>, headers: http::HeaderMap, query: String) -> warp::reply::Response {
+pub fn sse(
+    app: Arc<App>,
+    headers: http::HeaderMap,
+    query: String,
+    socket: ConnSocket,
+) -> warp::reply::Response {
     let admitted = match admit(&app, &headers, &query) {
         Ok(a) => a,
         Err(response) => return *response,
     };
+    socket.limit_unsent(app.config.tcp_notsent_lowat);
     let mut session = Session::new(
         app.hub.clone(),
         Format::Json,

@@ -17,7 +17,7 @@ use warp::{Filter, Reply};
 
 use crate::auth::AuthError;
 use crate::edge::Peer;
-use crate::server::{App, PeerAddr};
+use crate::server::{App, ConnSocket, PeerAddr};
 use crate::telemetry as m;
 
 /// WebSocket read buffer per device connection. Frames are small, so the library's 128 KiB
@@ -109,6 +109,7 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::get::<PeerAddr>())
+        .and(warp::ext::get::<ConnSocket>())
         .and(warp::ext::optional::<OnUpgrade>())
         .map(device_upgrade);
     let live_ws = warp::path!("v1" / "live")
@@ -117,6 +118,7 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::get::<PeerAddr>())
+        .and(warp::ext::get::<ConnSocket>())
         .and(warp::ext::optional::<OnUpgrade>())
         .map(crate::live::upgrade);
     let live_sse = warp::path!("v1" / "live" / "sse")
@@ -124,6 +126,7 @@ pub fn routes(app: Arc<App>) -> warp::filters::BoxedFilter<(warp::reply::Respons
         .and(with_app.clone())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::get::<ConnSocket>())
         .map(crate::live::sse);
     crate::ui::routes()
         .or(healthz)
@@ -255,6 +258,7 @@ fn device_upgrade(
     headers: http::HeaderMap,
     query: String,
     peer: PeerAddr,
+    socket: ConnSocket,
     on_upgrade: Option<OnUpgrade>,
 ) -> warp::reply::Response {
     let addr = peer.0;
@@ -295,6 +299,7 @@ fn device_upgrade(
             "expected a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
         );
     };
+    socket.limit_unsent(app.config.tcp_notsent_lowat);
     let Some(slot) = app.connections.try_acquire() else {
         metrics::counter!(m::RATE_LIMITED, "limit" => "max_connections").increment(1);
         return retry_later(

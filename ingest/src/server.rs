@@ -25,6 +25,8 @@ use crate::auth::Authority;
 use crate::config::Config;
 use crate::devices::{Eviction, Registry};
 use crate::limits::{ConnectRate, ConnectionLimit};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
 use crate::store::{Presence, Store};
 use crate::telemetry as m;
 use crate::writer::{Writer, WriterConfig};
@@ -32,6 +34,30 @@ use crate::writer::{Writer, WriterConfig};
 /// The remote address of an HTTP connection, as a request extension.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// The socket of the connection a request came on, as a request extension, so that the
+/// streaming routes (device and dashboard sockets, SSE) can set their own socket options.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnSocket(RawFd);
+
+impl ConnSocket {
+    /// Caps the unsent bytes the kernel holds for this connection (`TCP_NOTSENT_LOWAT`; 0 leaves
+    /// the socket as it is): writes wait once that much is queued unsent, so a dashboard that
+    /// cannot keep up is seen as behind by the live hub (and coalesced) while what it missed is
+    /// kilobytes, not megabytes, old. Bytes in flight are not capped, unlike `SO_SNDBUF`.
+    pub fn limit_unsent(self, bytes: u32) {
+        if bytes == 0 {
+            return;
+        }
+        // SAFETY: a ConnSocket is made only for requests of the connection that owns the socket,
+        // and a handler runs inside that connection's future, which closes the socket only when
+        // it ends: the descriptor is open whenever a handler can call this.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.0) };
+        if let Err(e) = socket2::SockRef::from(&fd).set_tcp_notsent_lowat(bytes) {
+            debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
+        }
+    }
+}
 
 /// State shared by every connection and route.
 pub struct App {
@@ -207,10 +233,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         limit_send_buffer(&stream, app.config.tcp_send_buffer);
-        limit_unsent(&stream, app.config.tcp_notsent_lowat);
         let svc = routes.clone();
+        let socket = ConnSocket(stream.as_raw_fd());
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(PeerAddr(addr));
+            req.extensions_mut().insert(socket);
             let mut svc = svc.clone();
             async move { Ok::<_, Infallible>(tower_call(&mut svc, req).await) }
         });
@@ -262,18 +289,6 @@ fn limit_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) {
         && let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(bytes)
     {
         debug!(error = %e, "cannot set SO_SNDBUF");
-    }
-}
-
-/// Caps the unsent bytes the kernel holds for a connection (`TCP_NOTSENT_LOWAT`; 0 keeps the
-/// kernel's default): writes wait once that much is queued unsent, so a dashboard that cannot
-/// keep up is seen as behind by the live hub (and coalesced) while what it missed is seconds,
-/// not megabytes, old. Bytes in flight are not capped, unlike `SO_SNDBUF`.
-fn limit_unsent(stream: &tokio::net::TcpStream, bytes: u32) {
-    if bytes > 0
-        && let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(bytes)
-    {
-        debug!(error = %e, "cannot set TCP_NOTSENT_LOWAT");
     }
 }
 
@@ -365,17 +380,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn accepted_sockets_get_the_unsent_limit() {
+    async fn a_conn_socket_sets_the_unsent_limit_and_0_leaves_it() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (stream, _) = listener.accept().await.expect("accept");
-        limit_unsent(&stream, 32 * 1024);
+        ConnSocket(stream.as_raw_fd()).limit_unsent(32 * 1024);
         let lowat = socket2::SockRef::from(&stream)
             .tcp_notsent_lowat()
             .expect("getsockopt");
         assert_eq!(lowat, 32 * 1024);
-        limit_unsent(&stream, 0);
+        ConnSocket(stream.as_raw_fd()).limit_unsent(0);
         let kept = socket2::SockRef::from(&stream)
             .tcp_notsent_lowat()
             .expect("getsockopt");
