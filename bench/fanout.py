@@ -28,10 +28,12 @@ Latency is steady state: readings sent during the connection ramp and the next -
 --repeat N each configuration runs N times and the run with the median p99 is the one shown.
 
 Usage: python3 bench/fanout.py [--quick] [--duration 20] [--dashboards 1,100,1000]
-                               [--stalled 0,10] [--rate 10,5] [--warmup 5] [--repeat 1]
+                               [--stalled 0,10] [--rate 10,5] [--readings 10] [--warmup 5] [--repeat 1]
                                [--write BENCHMARKS.md] [--section fanout]
 Builds release binaries first. The defaults run the whole issue table twice: at 10 frames/s per
 device (100k readings/s in, where ingest itself is near capacity on 2 cores) and at 5 (50k/s).
+`--rate 100 --readings 1` sends the same readings as one message each (BENCHMARKS.md, "One message
+per reading"). Repeats run as interleaved rounds over every configuration.
 Prints Markdown (per rate: the runs, the telemux/Mosquitto ratios, the effect of the stalled
 clients, and the issue's targets met or not); --write replaces the section between the
 `<!-- fanout:begin -->` and `<!-- fanout:end -->` markers (or appends a "Live fan-out" section).
