@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,8 +26,6 @@ use crate::auth::Authority;
 use crate::config::Config;
 use crate::devices::{Eviction, Registry};
 use crate::limits::{ConnectRate, ConnectionLimit};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-
 use crate::store::{Presence, Store};
 use crate::telemetry as m;
 use crate::writer::{Writer, WriterConfig};
