@@ -280,6 +280,8 @@ fn open_migrated(path: &Path, synchronous: Synchronous) -> Result<Connection, St
         .and_then(|v| schema::known_version(v).map_err(open_error))?;
     configure_writer(&conn, synchronous).map_err(open_error)?;
     schema::migrate(&mut conn).map_err(open_error)?;
+    schema::yield_within_statements(&mut conn)
+        .map_err(|e| open_error(format!("cannot install the progress handler: {e}")))?;
     Ok(conn)
 }
 
