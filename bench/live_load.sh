@@ -24,7 +24,7 @@ RUST_LOG=warn "$bin" --listen "127.0.0.1:$port" --data-dir "$dir" --sqlite-synch
   ${SERVER_ARGS:-} > "$dir/server.log" 2>&1 &
 server=$!
 mkdir -p /tmp/last
-trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; cp "$dir/server.log" /tmp/last/server.log; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do [ -f "$dir/token-secret" ] && curl -sf "127.0.0.1:$port/healthz" > /dev/null && break; sleep 0.1; done
 "$sim" --url "ws://127.0.0.1:$port" --secret-file "$dir/token-secret" --devices "$devices" \
   --rate "$rate" --readings "${READINGS:-10}" --duration "$dur" --ramp 5000 --drain-timeout 10s \

@@ -184,12 +184,14 @@ impl SqliteStore {
         let readers = Arc::new(ReadPool::new(conns));
         let (commands, receiver) = mpsc::channel(WRITER_QUEUE);
         let nice = options.writer_nice;
+        let timer = write::writer_timer()
+            .map_err(|e| open_error(format!("cannot start the writer's timer: {e}")))?;
         let writer = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 write::lower_priority(nice);
                 let checkpointer = Checkpointer::spawn(checkpointer, nice, poison.clone());
-                Writer::new(conn, stage, syncer, poison).run(receiver);
+                Writer::new(conn, stage, syncer, poison, timer).run(receiver);
                 checkpointer.stop();
             })
             .map_err(|e| open_error(format!("cannot start writer thread: {e}")))?;

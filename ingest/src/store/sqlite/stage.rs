@@ -229,7 +229,7 @@ impl Stage {
         })
     }
 
-    /// Whether the mover has work (the writer then polls its commands instead of waiting).
+    /// Whether the mover has work (the writer then waits for commands only until a step is due).
     pub(super) fn has_move_work(&self) -> bool {
         self.moving.is_some()
     }

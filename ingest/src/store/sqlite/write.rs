@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::mpsc::RecvTimeoutError;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::mpsc;
@@ -143,28 +143,30 @@ pub(super) fn lower_priority(nice: i32) {
 }
 
 /// The next command, or None once `deadline` passes without one; `Err` when every sender is
-/// gone. (The command queue is a tokio channel, which has no blocking receive with a timeout:
-/// this polls it every [`PACE_POLL`], which a batch may wait at most.)
+/// gone. The thread sleeps until either comes: `timer` (a runtime of its own, time only) wakes
+/// it at the deadline, at most about a millisecond late, and the channel at a command at once.
 fn recv_until(
+    timer: &tokio::runtime::Runtime,
     commands: &mut mpsc::Receiver<Command>,
     deadline: Instant,
 ) -> Result<Option<Command>, ()> {
-    loop {
-        match commands.try_recv() {
-            Ok(command) => return Ok(Some(command)),
-            Err(TryRecvError::Disconnected) => return Err(()),
-            Err(TryRecvError::Empty) => {}
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(PACE_POLL.min(deadline - now));
+    // The timeout is made inside `block_on`: a tokio timer needs its runtime when created.
+    let received =
+        timer.block_on(async { tokio::time::timeout_at(deadline.into(), commands.recv()).await });
+    match received {
+        Ok(Some(command)) => Ok(Some(command)),
+        Ok(None) => Err(()),
+        Err(_elapsed) => Ok(None),
     }
 }
 
-/// How often the writer looks for commands while it waits for the next paced move step.
-const PACE_POLL: Duration = Duration::from_micros(500);
+/// A runtime for the writer thread's timed waits (tokio's channel has no blocking receive with
+/// a timeout). It only runs the writer's own waits: no tasks, no I/O driver.
+pub(super) fn writer_timer() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+}
 
 /// The writer thread's state.
 pub(super) struct Writer {
@@ -179,6 +181,8 @@ pub(super) struct Writer {
     syncer: Option<Syncer>,
     /// Set once an fsync failed: from then on nothing is written (see `syncer`).
     poison: Poison,
+    /// Wakes the thread when a paced move step is due (see `recv_until`).
+    timer: tokio::runtime::Runtime,
 }
 
 impl Writer {
@@ -188,6 +192,7 @@ impl Writer {
         stage: Stage,
         syncer: Option<Syncer>,
         poison: Poison,
+        timer: tokio::runtime::Runtime,
     ) -> Writer {
         Writer {
             conn,
@@ -195,6 +200,7 @@ impl Writer {
             stage,
             syncer,
             poison,
+            timer,
         }
     }
 
@@ -212,7 +218,7 @@ impl Writer {
                 }
             } else if let Some(due) = self.stage.move_due().filter(|_| self.deletes.is_empty()) {
                 // Moving ahead of its pace: wait for a command until the next step is due.
-                match recv_until(&mut commands, due) {
+                match recv_until(&self.timer, &mut commands, due) {
                     Ok(command) => command,
                     Err(()) => break,
                 }
@@ -492,6 +498,36 @@ mod tests {
     use crate::store::sqlite::{StagingLimits, Synchronous, configure_writer, schema};
 
     #[test]
+    fn a_timed_wait_ends_at_a_command_at_the_deadline_or_when_the_senders_are_gone() {
+        let timer = writer_timer().expect("timer");
+        let (tx, mut rx) = mpsc::channel::<Command>(4);
+        // Nothing comes: the wait ends at the deadline, not before.
+        let start = Instant::now();
+        let waited = recv_until(
+            &timer,
+            &mut rx,
+            start + std::time::Duration::from_millis(30),
+        );
+        assert!(
+            matches!(waited, Ok(None)),
+            "a command or Err before the deadline"
+        );
+        assert!(start.elapsed() >= std::time::Duration::from_millis(30));
+        // A command sent from another thread ends the wait (a deadline far off is not reached).
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let (reply, _answer) = tokio::sync::oneshot::channel();
+            tx.blocking_send(Command::Ping(reply)).expect("send");
+        });
+        let far = Instant::now() + std::time::Duration::from_secs(3600);
+        let got = recv_until(&timer, &mut rx, far);
+        assert!(matches!(got, Ok(Some(Command::Ping(_)))), "not the ping");
+        sender.join().expect("sender");
+        // Every sender gone: `Err`, at once.
+        assert!(recv_until(&timer, &mut rx, far).is_err());
+    }
+
+    #[test]
     fn a_poisoned_writer_writes_nothing_and_answers_with_the_reason() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut conn = Connection::open(dir.path().join("t.sqlite3")).expect("open");
@@ -499,7 +535,13 @@ mod tests {
         schema::migrate(&mut conn).expect("migrate");
         let stage = Stage::load(&conn, StagingLimits::default()).expect("stage");
         let poison = Poison::default();
-        let mut writer = Writer::new(conn, stage, None, poison.clone());
+        let mut writer = Writer::new(
+            conn,
+            stage,
+            None,
+            poison.clone(),
+            writer_timer().expect("timer"),
+        );
         let batch = WriteBatch {
             rows: vec![Row {
                 device_id: 1,
