@@ -8,7 +8,8 @@
 //! - 1007 "too many invalid frames": `bad_frame_limit` refused frames on this connection.
 //! - 1008 "device id mismatch" / "token revoked": policy violations.
 //! - 1009 "frame too large": a message over `max_frame_bytes`.
-//! - 1011 "store unavailable": the device's state could not be loaded.
+//! - 1011 "store unavailable": the device's state could not be loaded, or the store failed and
+//!   the server is stopping (reconnect later and resend what was not acked).
 //! - 4000 "replaced": a newer connection of the same device took over.
 //! - 4001 "ping timeout": `missed_pongs` pings went unanswered.
 //! - 4002 "idle timeout": no frame within `idle_timeout`.
@@ -92,7 +93,7 @@ pub mod close {
         code: 1009,
         reason: "frame too large",
     };
-    /// Device state could not be loaded.
+    /// Device state could not be loaded, or the store failed and the server stops.
     pub const STORE_UNAVAILABLE: Close = Close {
         code: 1011,
         reason: "store unavailable",
@@ -307,6 +308,9 @@ impl Connection {
                     };
                 }
                 _ = shutdown.cancelled() => {
+                    if self.app.store_failed() {
+                        break close::STORE_UNAVAILABLE;
+                    }
                     self.drain_for_shutdown().await;
                     break close::GOING_AWAY;
                 }

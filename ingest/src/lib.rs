@@ -104,7 +104,8 @@ pub async fn open(
     Ok((authority, store))
 }
 
-/// Runs the server on `listener` until `shutdown` resolves, then shuts down gracefully.
+/// Runs the server on `listener` until `shutdown` resolves, then shuts down gracefully; returns
+/// [`ServerError::StoreFailed`] early if the store fails for good.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -112,6 +113,5 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let (authority, store) = open(&config).await?;
     let (app, writer_task) = server::build(config, authority, store);
-    server::serve(app, writer_task, listener, shutdown).await;
-    Ok(())
+    server::serve(app, writer_task, listener, shutdown).await
 }

@@ -84,6 +84,8 @@ pub struct App {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,
+    /// Why the store failed, once it has: shutdown then skips the final acks (none can come).
+    store_failure: std::sync::OnceLock<String>,
     /// Next connection id.
     next_conn_id: AtomicU64,
     /// Renders `/metrics`.
@@ -105,6 +107,12 @@ impl App {
     /// The writer handle, unless shutdown has released it.
     pub fn writer(&self) -> Option<Writer> {
         self.writer.lock().ok().and_then(|w| w.clone())
+    }
+
+    /// Whether the server is stopping because the store failed ([`Store::failed`]): connections
+    /// close at once with "store unavailable" instead of waiting for acks that cannot come.
+    pub fn store_failed(&self) -> bool {
+        self.store_failure.get().is_some()
     }
 
     /// A fresh connection id.
@@ -131,9 +139,15 @@ impl App {
     }
 }
 
-/// Errors that stop the server from starting.
+/// Errors that stop the server from starting, or stop it while it runs.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The store can never commit again ([`Store::failed`]): the server stopped so that its
+    /// supervisor restarts it. Devices resend what was not acknowledged.
+    #[error(
+        "the store failed, the server stopped (restart it; devices resend what was not acknowledged): {0}"
+    )]
+    StoreFailed(String),
     /// The token secret could not be loaded or created.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
@@ -193,6 +207,7 @@ pub fn build(
         writer: Mutex::new(Some(writer)),
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        store_failure: std::sync::OnceLock::new(),
         next_conn_id: AtomicU64::new(0),
         metrics: metrics_handle,
         device_names,
@@ -205,21 +220,30 @@ pub fn build(
 
 /// Serves on `listener` until `shutdown` resolves, then shuts down gracefully: stop accepting,
 /// let device connections drain and send their final acks, commit the writer queue, exit within
-/// `shutdown_timeout`.
+/// `shutdown_timeout`. If the store fails first ([`Store::failed`]), connections close at once
+/// with "store unavailable" and the error is returned, for the process to exit with it.
 pub async fn serve(
     app: Arc<App>,
     writer_task: tokio::task::JoinHandle<()>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), ServerError> {
     let routes = warp::service(crate::routes::routes(app.clone()));
     let http = auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let jobs = spawn_jobs(app.clone());
     tokio::pin!(shutdown);
+    let store = app.store.clone();
+    let failed = store.failed();
+    tokio::pin!(failed);
     loop {
         let (stream, addr) = tokio::select! {
             _ = &mut shutdown => break,
+            why = &mut failed => {
+                error!(error = %why, "the store failed: stopping the server so that it is restarted");
+                let _ = app.store_failure.set(why);
+                break;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -266,17 +290,28 @@ pub async fn serve(
     if let Ok(mut w) = app.writer.lock() {
         w.take();
     }
-    let left = deadline
-        .saturating_sub(started.elapsed())
-        .max(Duration::from_secs(1));
-    if tokio::time::timeout(left, writer_task).await.is_err() {
-        error!("writer did not finish before the shutdown deadline");
+    if app.store_failed() {
+        // It retries its batch forever against a store that will never take it.
+        writer_task.abort();
+    } else {
+        let left = deadline
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(left, writer_task).await.is_err() {
+            error!("writer did not finish before the shutdown deadline");
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
     for job in jobs {
         job.abort();
     }
-    info!("shutdown complete");
+    match app.store_failure.get() {
+        Some(why) => Err(ServerError::StoreFailed(why.clone())),
+        None => {
+            info!("shutdown complete");
+            Ok(())
+        }
+    }
 }
 
 /// Caps the kernel send buffer of a connection (`SO_SNDBUF`; 0 keeps the kernel's autotuning,

@@ -196,7 +196,8 @@ struct Committed {
 
 /// Acks each committed batch, in order, once it is durable. A batch that cannot be made durable
 /// (a failed fsync) is never acked: it and every later batch keep their queue space, so the
-/// queue fills, devices are pushed back and `/readyz` reports the stall until a restart.
+/// queue fills, devices are pushed back and `/readyz` reports the stall; the store reports the
+/// failure ([`Store::failed`]) and the server stops, to be restarted.
 async fn ack_when_durable(
     mut batches: mpsc::UnboundedReceiver<Committed>,
     health: Arc<WriterHealth>,

@@ -243,3 +243,47 @@ async fn acked_frames_survive_kill_9_and_resent_frames_are_stored_once() {
     }
     drop(server);
 }
+
+/// The process side of `Store::failed` (the in-process side is `store_failure.rs`): when the
+/// store can never confirm a commit again, the binary exits with a failure status and says why,
+/// so a supervisor restarts it instead of it accepting frames it can never ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_exits_with_an_error_when_its_store_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let token = mint_token(&data_dir, 3);
+    let mut server = ServerProcess::start(&data_dir, dir.path(), 0).await;
+    let mut device = Device::connect(&server.ws_url(), &token, 3)
+        .await
+        .expect("connect");
+    device.send(1, 2).await;
+    assert_eq!(device.wait_ack(1).await, 1);
+
+    // The WAL it writes disappears: the next fsync cannot confirm anything (a real poisoning).
+    let wal = data_dir.join(format!("{}-wal", ingest::store::sqlite::DB_FILE));
+    std::fs::remove_file(&wal).expect("remove the WAL");
+    device.send(2, 2).await;
+    assert_eq!(
+        device.wait_close().await,
+        (1011, "store unavailable".to_string())
+    );
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait for ingest") {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest still runs with a failed store; log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(1), "log:\n{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains("the store failed, the server stopped") && log.contains("-wal"),
+        "stderr names the failure and the file:\n{log}"
+    );
+}

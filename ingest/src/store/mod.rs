@@ -266,4 +266,12 @@ pub trait Store: Send + Sync + 'static {
     async fn revocations(&self) -> Result<Vec<Revocation>, StoreError>;
     /// Proves the store accepts writes now (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Resolves, with the reason, once the store can never commit again (its writer stopped
+    /// unexpectedly, or a failed fsync left what is on disk unknown). The server then stops
+    /// with an error so its supervisor restarts it: nothing unacked is lost (devices resend
+    /// it), while a server left running would accept frames it can never ack. A store that
+    /// cannot fail this way never resolves (the default).
+    async fn failed(&self) -> String {
+        std::future::pending().await
+    }
 }

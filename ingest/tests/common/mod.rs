@@ -79,6 +79,15 @@ impl TestServer {
         }
     }
 
+    /// Waits up to `within` for the server to stop by itself; its result, or `None` if it is
+    /// still running.
+    pub async fn finished(&mut self, within: Duration) -> Option<Result<(), ingest::ServerError>> {
+        let task = self.task.as_mut()?;
+        let result = tokio::time::timeout(within, task).await.ok()?;
+        self.task = None;
+        Some(result.expect("server task"))
+    }
+
     pub fn ws_url(&self) -> String {
         format!("ws://{}/v1/devices/ws", self.addr)
     }

@@ -141,6 +141,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     /// The writer thread, joined by [`close`](Self::close).
     writer: JoinHandle<()>,
+    /// Set when an fsync fails (see `syncer`).
+    poison: syncer::Poison,
 }
 
 impl SqliteStore {
@@ -184,6 +186,7 @@ impl SqliteStore {
         let readers = Arc::new(ReadPool::new(conns));
         let (commands, receiver) = mpsc::channel(WRITER_QUEUE);
         let nice = options.writer_nice;
+        let store_poison = poison.clone();
         let timer = write::writer_timer()
             .map_err(|e| open_error(format!("cannot start the writer's timer: {e}")))?;
         let writer = std::thread::Builder::new()
@@ -199,6 +202,7 @@ impl SqliteStore {
             commands,
             readers,
             writer,
+            poison: store_poison,
         })
     }
 
@@ -223,6 +227,7 @@ impl SqliteStore {
             commands,
             readers,
             writer,
+            poison: _,
         } = self;
         drop(commands);
         drop(readers);
@@ -371,5 +376,85 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.call(Command::Ping).await
+    }
+
+    async fn failed(&self) -> String {
+        // The writer only returns once every sender is gone, and this store holds the only
+        // one: a closed queue here means the thread died (a panic, logged by the panic hook).
+        tokio::select! {
+            () = self.commands.closed() => {
+                "the store's writer thread stopped unexpectedly (its panic is in the log)".into()
+            }
+            reason = self.poison.wait() => reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `failed` resolves within a moment.
+    async fn failed_now(store: &SqliteStore) -> Option<String> {
+        tokio::time::timeout(Duration::from_millis(50), store.failed())
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn failed_resolves_once_an_fsync_poisons_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            SqliteStore::open(&dir.path().join(DB_FILE), SqliteOptions::default()).expect("open");
+        store.ping().await.expect("ping");
+        assert_eq!(failed_now(&store).await, None, "a healthy store");
+        let waiting = {
+            let poison = store.poison.clone();
+            tokio::spawn(async move { poison.wait().await })
+        };
+        store
+            .poison
+            .set("fsync t.sqlite3-wal: Input/output error".into());
+        let why = failed_now(&store).await.expect("resolved");
+        assert!(why.contains("Input/output error"), "{why}");
+        let woken = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a waiter from before the poison is woken")
+            .expect("task");
+        assert_eq!(woken, why);
+        store.close().await.expect("close");
+    }
+
+    #[tokio::test]
+    async fn failed_resolves_once_the_writer_thread_dies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let SqliteStore {
+            commands,
+            readers,
+            writer,
+            poison,
+        } = SqliteStore::open(&dir.path().join(DB_FILE), SqliteOptions::default()).expect("open");
+        drop(commands);
+        writer.join().expect("the real writer stops cleanly");
+        // A writer that dies the way a bug would kill it: a panic, dropping its queue.
+        let (commands, queue) = mpsc::channel(WRITER_QUEUE);
+        let writer = std::thread::spawn(move || {
+            let _queue = queue;
+            panic!("a bug in the writer (expected by this test)");
+        });
+        let store = SqliteStore {
+            commands,
+            readers,
+            writer,
+            poison,
+        };
+        let why = tokio::time::timeout(Duration::from_secs(5), store.failed())
+            .await
+            .expect("resolved");
+        assert!(why.contains("stopped unexpectedly"), "{why}");
+        assert!(matches!(store.ping().await, Err(StoreError::Closed)));
+        assert!(
+            matches!(store.close().await, Err(StoreError::Database(e)) if e.contains("panicked"))
+        );
     }
 }

@@ -20,8 +20,9 @@
 //! (later fsyncs can succeed without them), so the store is [`Poison`]ed: every answer from then
 //! on is an error, the writer commits, moves and deletes nothing more (a later batch's dedup
 //! window must not reach the disk without the readings it covers), and the checkpointer stops
-//! (it must not copy pages the kernel may have dropped into the database file). The operator
-//! restarts the server, which recovers from what is on disk; devices resend what was not acked.
+//! (it must not copy pages the kernel may have dropped into the database file). The server then
+//! stops with an error ([`Store::failed`](crate::store::Store::failed)), so its supervisor
+//! restarts it; it recovers from what is on disk, and devices resend what was not acked.
 //! Errors that lose nothing (the WAL cannot be opened or stat'ed for a moment) are retried.
 //!
 //! This relies on SQLite's powersafe-overwrite default (a commit never rewrites the sectors of
@@ -42,15 +43,37 @@ use crate::telemetry as m;
 pub(super) type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// Set, for good, when the store can no longer tell what is on disk (an fsync failed); shared by
-/// the syncer, the writer and the checkpointer.
+/// the syncer, the writer, the checkpointer and [`Store::failed`](crate::store::Store::failed).
 #[derive(Clone, Debug, Default)]
-pub(super) struct Poison(Arc<OnceLock<String>>);
+pub(super) struct Poison(Arc<PoisonState>);
+
+#[derive(Debug, Default)]
+struct PoisonState {
+    why: OnceLock<String>,
+    /// Wakes [`Poison::wait`]ers once `why` is set.
+    set: tokio::sync::Notify,
+}
 
 impl Poison {
     /// Records why; the first reason stands.
     pub(super) fn set(&self, why: String) {
-        if self.0.set(why.clone()).is_ok() {
-            tracing::error!(error = %why, "an fsync of the store failed: nothing more is written or acked; restart the server");
+        if self.0.why.set(why.clone()).is_ok() {
+            tracing::error!(error = %why, "an fsync of the store failed: nothing more is written or acked; the server stops");
+            self.0.set.notify_waiters();
+        }
+    }
+
+    /// Resolves with [`reason`](Self::reason) once the store is poisoned.
+    pub(super) async fn wait(&self) -> String {
+        loop {
+            // Registered before the check, so a `set` in between still wakes this waiter.
+            let notified = self.0.set.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            notified.await;
         }
     }
 
@@ -61,7 +84,7 @@ impl Poison {
 
     /// What [`error`](Self::error) says, once poisoned.
     pub(super) fn reason(&self) -> Option<String> {
-        self.0.get().map(|why| {
+        self.0.why.get().map(|why| {
             format!("an fsync failed ({why}); the store writes and acks nothing until restarted")
         })
     }
