@@ -21,6 +21,8 @@
 //! - `write`: the writer thread (batches, presence, revocations) and the background checkpointer.
 //! - `retention`: `delete_older_than`, in short chunks between the writer's other commands.
 //! - `read`: the read-connection pool and every query.
+//! - `yielding`: long statements offer their core to other threads (the writer's only while the
+//!   machine has a core to spare).
 //!
 //! # Schema
 //! Versioned by `PRAGMA user_version` = number of [`MIGRATIONS`] applied, each step in its own
@@ -43,6 +45,7 @@ mod schema;
 mod stage;
 mod syncer;
 mod write;
+mod yielding;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -153,7 +156,9 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason,
         };
-        let conn = open_migrated(path, options.synchronous)?;
+        let mut conn = open_migrated(path, options.synchronous)?;
+        yielding::yield_within_statements_unless_saturated(&mut conn)
+            .map_err(|e| open_error(format!("cannot install the progress handler: {e}")))?;
         let stage = stage::Stage::load(&conn, options.staging)
             .map_err(|e| open_error(format!("cannot read the staging state: {e}")))?;
         // Under FULL, commits skip SQLite's own fsync and the syncer acks after one of its own,
@@ -287,8 +292,6 @@ fn open_migrated(path: &Path, synchronous: Synchronous) -> Result<Connection, St
         .and_then(|v| schema::known_version(v).map_err(open_error))?;
     configure_writer(&conn, synchronous).map_err(open_error)?;
     schema::migrate(&mut conn).map_err(open_error)?;
-    schema::yield_within_statements(&mut conn)
-        .map_err(|e| open_error(format!("cannot install the progress handler: {e}")))?;
     Ok(conn)
 }
 

@@ -145,34 +145,8 @@ pub(super) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let mut conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
-    yield_within_statements(&mut conn)?;
+    super::yielding::yield_within_statements(&mut conn)?;
     Ok(conn)
-}
-
-/// SQLite virtual-machine steps between two offers of the CPU (see
-/// [`yield_within_statements`]): about every 0.4 ms of the writer's time at 100k readings/s in.
-/// 1,000 did no better; 100,000 gave back half of the gain (`BENCHMARKS.md`).
-const YIELD_EVERY_OPS: i32 = 10_000;
-
-/// Makes the connection offer its CPU to other runnable threads (`sched_yield`) every
-/// [`YIELD_EVERY_OPS`] steps of a statement, without interrupting it.
-///
-/// Why: a move step, a clear step or a long history read is one statement of several
-/// milliseconds, and Linux lets a running thread finish its time slice before a woken one takes
-/// its core. With both cores busy, a device frame or a dashboard send that woke during such a
-/// statement waited for it: that was half the live p99 with 1 or 100 dashboards (2.1-2.6 ms,
-/// 1.3-1.7 ms with these yields). Unlike a lower priority for the storage threads (`nice`,
-/// `SCHED_IDLE`), a yield costs the store no share of the CPU, so acks do not starve on a busy
-/// machine.
-pub(super) fn yield_within_statements(conn: &mut Connection) -> rusqlite::Result<()> {
-    // `false`: never interrupt; the handler only offers the core.
-    conn.progress_handler(
-        YIELD_EVERY_OPS,
-        Some(|| {
-            std::thread::yield_now();
-            false
-        }),
-    )
 }
 
 /// `user_version` as the number of migrations applied, if this build knows them all.
@@ -209,32 +183,5 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), String> {
             .and_then(|()| tx.pragma_update(None, "user_version", applied as i64 + 1))
             .and_then(|()| tx.commit())
             .map_err(|e| format!("migration to schema version {}: {e}", applied + 1))?;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A statement of about 100,000 steps: 1 + 2 + ... + 20,000.
-    const LONG: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000) \
-                        SELECT sum(x) FROM c";
-
-    #[test]
-    fn the_yielding_handler_lets_long_statements_finish() {
-        let mut conn = Connection::open_in_memory().expect("open");
-        // The statement is long enough to reach a handler set at the same interval: one that
-        // asks to stop does stop it.
-        conn.progress_handler(YIELD_EVERY_OPS, Some(|| true))
-            .expect("install");
-        let stopped = conn.query_row(LONG, [], |r| r.get::<_, i64>(0));
-        assert!(
-            matches!(&stopped, Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted)),
-            "{stopped:?}"
-        );
-        // The store's handler only yields: the same statement completes with the right sum.
-        yield_within_statements(&mut conn).expect("install");
-        let sum: i64 = conn.query_row(LONG, [], |r| r.get(0)).expect("completes");
-        assert_eq!(sum, 20_000 * 20_001 / 2);
     }
 }
