@@ -308,10 +308,17 @@ impl Connection {
                     };
                 }
                 _ = shutdown.cancelled() => {
+                    if !self.app.store_failed() {
+                        self.drain_for_shutdown().await;
+                    }
                     if self.app.store_failed() {
+                        // What was durable before the failure is still acked; nothing after.
+                        let ack = self.device.lock().ack_value().max(*self.acks.borrow_and_update());
+                        if ack > 0 {
+                            let _ = self.send_ack(ack).await;
+                        }
                         break close::STORE_UNAVAILABLE;
                     }
-                    self.drain_for_shutdown().await;
                     break close::GOING_AWAY;
                 }
                 changed = self.acks.changed() => {
@@ -510,9 +517,14 @@ impl Connection {
                 }
                 return;
             }
-            match tokio::time::timeout_at(deadline, self.acks.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return,
+            tokio::select! {
+                changed = tokio::time::timeout_at(deadline, self.acks.changed()) => {
+                    if !matches!(changed, Ok(Ok(()))) {
+                        return;
+                    }
+                }
+                // No more acks can come.
+                _ = self.app.store_failed_token.cancelled() => return,
             }
         }
     }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -84,8 +85,11 @@ pub struct App {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown starts.
     pub shutdown: CancellationToken,
-    /// Why the store failed, once it has: shutdown then skips the final acks (none can come).
+    /// Why the store failed, once it has ([`Store::failed`]).
     store_failure: std::sync::OnceLock<String>,
+    /// Cancelled once the store has failed: connections stop waiting for acks that cannot come,
+    /// whether the server was running or already shutting down.
+    pub store_failed_token: CancellationToken,
     /// Next connection id.
     next_conn_id: AtomicU64,
     /// Renders `/metrics`.
@@ -208,6 +212,7 @@ pub fn build(
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         store_failure: std::sync::OnceLock::new(),
+        store_failed_token: CancellationToken::new(),
         next_conn_id: AtomicU64::new(0),
         metrics: metrics_handle,
         device_names,
@@ -233,17 +238,20 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let jobs = spawn_jobs(app.clone());
     tokio::pin!(shutdown);
-    let store = app.store.clone();
-    let failed = store.failed();
-    tokio::pin!(failed);
+    // Watches the store for the whole run, shutdown included.
+    let watcher = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let why = app.store.failed().await;
+            error!(error = %why, "the store failed: stopping the server so that it is restarted");
+            let _ = app.store_failure.set(why);
+            app.store_failed_token.cancel();
+        })
+    };
     loop {
         let (stream, addr) = tokio::select! {
             _ = &mut shutdown => break,
-            why = &mut failed => {
-                error!(error = %why, "the store failed: stopping the server so that it is restarted");
-                let _ = app.store_failure.set(why);
-                break;
-            }
+            _ = app.store_failed_token.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -280,6 +288,7 @@ pub async fn serve(
     let deadline = app.config.shutdown_timeout.0;
     let started = tokio::time::Instant::now();
     app.tracker.close();
+    // A store failing now cuts the connections' wait for their final acks (see `edge`).
     if tokio::time::timeout(deadline, app.tracker.wait())
         .await
         .is_err()
@@ -290,20 +299,29 @@ pub async fn serve(
     if let Ok(mut w) = app.writer.lock() {
         w.take();
     }
-    if app.store_failed() {
-        // It retries its batch forever against a store that will never take it.
-        writer_task.abort();
-    } else {
-        let left = deadline
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_secs(1));
-        if tokio::time::timeout(left, writer_task).await.is_err() {
-            error!("writer did not finish before the shutdown deadline");
+    let left = deadline
+        .saturating_sub(started.elapsed())
+        .max(Duration::from_secs(1));
+    let mut writer_task = writer_task;
+    tokio::select! {
+        finished = tokio::time::timeout(left, &mut writer_task) => {
+            if finished.is_err() {
+                error!("writer did not finish before the shutdown deadline");
+            }
         }
+        // It would retry its batch forever against a store that will never take it.
+        _ = app.store_failed_token.cancelled() => {}
     }
+    writer_task.abort();
     let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
     for job in jobs {
         job.abort();
+    }
+    watcher.abort();
+    // A failure met by the last writes of the shutdown (presence updates), which the watcher
+    // may not have reported yet.
+    if let Some(why) = app.store.failed().now_or_never() {
+        let _ = app.store_failure.set(why);
     }
     match app.store_failure.get() {
         Some(why) => Err(ServerError::StoreFailed(why.clone())),

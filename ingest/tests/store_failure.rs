@@ -31,7 +31,8 @@ async fn a_failed_fsync_stops_the_server_and_closes_devices_with_store_unavailab
     let close = loop {
         match device.next(WAIT).await {
             Some(Reply::Close(code, reason)) => break (code, reason),
-            Some(Reply::Ping) => continue,
+            // What was durable before the failure may be acked again, nothing after it.
+            Some(Reply::Ack(1) | Reply::Ping) => continue,
             other => panic!("waiting for the close, got {other:?}"),
         }
     };
@@ -62,4 +63,42 @@ async fn a_healthy_store_keeps_the_server_running() {
         "nothing failed: the server is still serving"
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failing_while_the_server_shuts_down_still_ends_it_with_the_error() {
+    // A shutdown deadline far beyond the test's wait: waiting for acks that cannot come would
+    // show as a timeout here.
+    let mut server = TestServer::start(|c| {
+        c.sqlite_synchronous = SyncMode::Full;
+        c.shutdown_timeout = "120s".parse().expect("duration");
+    })
+    .await;
+    let mut device = server.device(9).await;
+    device.send(1, 4).await;
+    assert_eq!(device.wait_ack(1).await, 1);
+
+    std::fs::remove_file(server.data_dir.join(format!("{DB_FILE}-wal"))).expect("remove the WAL");
+    device.send(2, 4).await;
+    // Shutdown starts while frame 2 waits for an fsync that will fail (or has just failed), or
+    // before the server has read it: then the device is closed as going away with nothing
+    // pending, and the presence update of its disconnect is what meets the failed store.
+    server.signal_stop();
+
+    let close = loop {
+        match device.next(WAIT).await {
+            Some(Reply::Close(code, reason)) => break (code, reason),
+            Some(Reply::Ack(1) | Reply::Ping) => continue,
+            other => panic!("waiting for the close, got {other:?}"),
+        }
+    };
+    assert!(
+        close == (1011, "store unavailable".to_string())
+            || close == (1001, "going away".to_string()),
+        "{close:?}"
+    );
+    match server.finished(WAIT).await {
+        Some(Err(ServerError::StoreFailed(why))) => assert!(why.contains("-wal"), "{why}"),
+        other => panic!("the server should stop with StoreFailed, got {other:?}"),
+    }
 }

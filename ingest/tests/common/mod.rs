@@ -79,6 +79,13 @@ impl TestServer {
         }
     }
 
+    /// Triggers graceful shutdown without waiting for it (see [`finished`](Self::finished)).
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Waits up to `within` for the server to stop by itself; its result, or `None` if it is
     /// still running.
     pub async fn finished(&mut self, within: Duration) -> Option<Result<(), ingest::ServerError>> {

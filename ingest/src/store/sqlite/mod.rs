@@ -383,10 +383,10 @@ impl Store for SqliteStore {
 
     async fn failed(&self) -> String {
         // The writer only returns once every sender is gone, and this store holds the only
-        // one: a closed queue here means the thread died (a panic, logged by the panic hook).
+        // one: a closed queue here means the thread died (a panic: its message is on stderr).
         tokio::select! {
             () = self.commands.closed() => {
-                "the store's writer thread stopped unexpectedly (its panic is in the log)".into()
+                "the store's writer thread stopped unexpectedly (its panic message is on stderr)".into()
             }
             reason = self.poison.wait() => reason,
         }
@@ -415,6 +415,9 @@ mod tests {
             let poison = store.poison.clone();
             tokio::spawn(async move { poison.wait().await })
         };
+        // Let the waiter register before the poison is set.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
         store
             .poison
             .set("fsync t.sqlite3-wal: Input/output error".into());
