@@ -11,13 +11,14 @@
 //! On a saturated machine a yield is not free: the yielding thread goes behind every runnable
 //! thread, so the writer's statements, and the batches and acks queued behind them, take longer,
 //! and devices are pushed back. The writer therefore yields only while it has not been kept
-//! waiting for a CPU itself ([`CpuWait`]). Measured (`BENCHMARKS.md`, "2026-12-06: the writer
+//! waiting for a CPU itself ([`CpuWait`]: it stops above 40% of its busy time, resumes below 25%). Measured (`BENCHMARKS.md`, "2026-12-06: the writer
 //! yields only with a core to spare", medians of 4-6 alternating runs): at 1 dashboard the live
 //! p99 was 1.98 ms with yields, 3.12 ms without, 1.92 ms with this rule; at 1,000 dashboards
 //! (both cores saturated) 104.2 ms with yields, 73.5 ms without, 64.4 ms with this rule (ack p50
 //! 73 / 54 / 51 ms). The writer waited for a CPU 17-23% of its busy time at 1 or 100 dashboards,
 //! 59-78% at 1,000.
 
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -28,7 +29,13 @@ const YIELD_EVERY_OPS: i32 = 10_000;
 
 /// Above this share of its busy time spent waiting for a CPU (run queue), the writer counts the
 /// machine as saturated and stops yielding (measured shares: see the module doc).
-const SATURATED_WAIT_PERCENT: u64 = 40;
+const SATURATED_ABOVE_PERCENT: u64 = 40;
+
+/// Below this share a saturated writer yields again. Lower than
+/// [`SATURATED_ABOVE_PERCENT`] because the yields themselves add to the writer's wait: without
+/// a gap, stopping them could end the saturation it measured, and the verdict would flip every
+/// sample.
+const SPARE_BELOW_PERCENT: u64 = 25;
 
 /// How often the writer re-reads its scheduler statistics.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -60,7 +67,8 @@ pub(super) fn yield_within_statements_unless_saturated(
     conn.progress_handler(
         YIELD_EVERY_OPS,
         Some(move || {
-            if !wait.saturated(Instant::now(), read_own_schedstat) {
+            let thread = std::thread::current().id();
+            if !wait.saturated(Instant::now(), thread, read_own_schedstat) {
                 std::thread::yield_now();
             }
             false
@@ -72,9 +80,11 @@ pub(super) fn yield_within_statements_unless_saturated(
 /// busy time waiting for a CPU (the machine has no core to spare).
 #[derive(Debug, Default)]
 struct CpuWait {
-    /// When the statistics were last read, and what they said.
-    last: Option<(Instant, Schedstat)>,
-    /// The verdict of the last sample long enough to judge.
+    /// When the statistics were last read (or tried).
+    read_at: Option<Instant>,
+    /// The start of the current window: the thread it was read on and what it said.
+    base: Option<(ThreadId, Schedstat)>,
+    /// The verdict of the last window long enough to judge.
     saturated: bool,
 }
 
@@ -87,29 +97,47 @@ struct Schedstat {
 }
 
 impl CpuWait {
-    /// The verdict at `now`, re-sampled with `read` at most every [`SAMPLE_EVERY`]. Without
-    /// statistics (another OS, a kernel without them) it is never saturated: the yields stay.
-    fn saturated(&mut self, now: Instant, read: impl FnOnce() -> Option<Schedstat>) -> bool {
+    /// The verdict at `now` for the calling thread `thread`, re-sampled with `read` at most
+    /// every [`SAMPLE_EVERY`]. Without statistics (another OS, a kernel without them) it is not
+    /// saturated: the writer yields, as the read connections do.
+    fn saturated(
+        &mut self,
+        now: Instant,
+        thread: ThreadId,
+        read: impl FnOnce() -> Option<Schedstat>,
+    ) -> bool {
         if self
-            .last
-            .is_some_and(|(at, _)| now.duration_since(at) < SAMPLE_EVERY)
+            .read_at
+            .is_some_and(|at| now.duration_since(at) < SAMPLE_EVERY)
         {
             return self.saturated;
         }
+        self.read_at = Some(now);
         let Some(stat) = read() else {
+            self.base = None;
+            self.saturated = false;
+            return false;
+        };
+        let Some((base_thread, base)) = self.base.filter(|(t, _)| *t == thread) else {
+            // First sample on this thread: a window starts.
+            self.base = Some((thread, stat));
             return self.saturated;
         };
-        if let Some((_, before)) = self.last {
-            let run = stat.run_ns.saturating_sub(before.run_ns);
-            let wait = stat.wait_ns.saturating_sub(before.wait_ns);
-            let busy = run + wait;
-            if busy < MIN_BUSY.as_nanos() as u64 {
-                // Too little to judge: keep the verdict, and measure on from the old sample.
-                return self.saturated;
-            }
-            self.saturated = wait * 100 > busy * SATURATED_WAIT_PERCENT;
+        debug_assert_eq!(base_thread, thread);
+        let run = stat.run_ns.saturating_sub(base.run_ns);
+        let wait = stat.wait_ns.saturating_sub(base.wait_ns);
+        let busy = run + wait;
+        if busy < MIN_BUSY.as_nanos() as u64 {
+            // Too little to judge: keep the verdict and the window's start.
+            return self.saturated;
         }
-        self.last = Some((now, stat));
+        let percent = wait * 100 / busy;
+        if percent > SATURATED_ABOVE_PERCENT {
+            self.saturated = true;
+        } else if percent < SPARE_BELOW_PERCENT {
+            self.saturated = false;
+        }
+        self.base = Some((thread, stat));
         self.saturated
     }
 }
@@ -169,21 +197,36 @@ mod tests {
     fn the_writer_stops_yielding_while_it_waits_for_a_cpu_and_resumes_after() {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let me = std::thread::current().id();
+        let other = std::thread::spawn(|| std::thread::current().id())
+            .join()
+            .expect("thread");
         let mut w = CpuWait::default();
-        assert!(!w.saturated(at(0), || stat(1_000, 1_000)), "no window yet");
+        assert!(
+            !w.saturated(at(0), me, || stat(1_000, 1_000)),
+            "no window yet"
+        );
         // Within the sample interval the statistics are not read again.
-        assert!(!w.saturated(at(50), || panic!("read too early")));
+        assert!(!w.saturated(at(50), me, || panic!("read too early")));
         // 80 ms run, 20 ms waiting: 20%, spare CPU.
-        assert!(!w.saturated(at(100), || stat(1_080, 1_020)));
+        assert!(!w.saturated(at(100), me, || stat(1_080, 1_020)));
         // 40 ms run, 60 ms waiting: 60%, saturated.
-        assert!(w.saturated(at(200), || stat(1_120, 1_080)));
-        assert!(w.saturated(at(250), || panic!("read too early")));
+        assert!(w.saturated(at(200), me, || stat(1_120, 1_080)));
+        assert!(w.saturated(at(250), me, || panic!("read too early")));
         // Idle (blocked on its queue, neither running nor waiting): the verdict stands.
-        assert!(w.saturated(at(300), || stat(1_121, 1_081)));
-        // The short sample is not lost: it counts in the next window, 30 ms run, 10 ms waiting.
-        assert!(!w.saturated(at(400), || stat(1_150, 1_090)));
-        // No statistics: the verdict stands.
-        assert!(!w.saturated(at(500), || None));
+        assert!(w.saturated(at(300), me, || stat(1_121, 1_081)));
+        // The short window is not lost: it goes on. 70 ms run, 30 ms waiting: 30%, between the
+        // two thresholds, so still saturated (the yields' own waiting must not flip it back).
+        assert!(w.saturated(at(400), me, || stat(1_190, 1_110)));
+        // 80 ms run, 20 ms waiting: 20%, spare again.
+        assert!(!w.saturated(at(500), me, || stat(1_270, 1_130)));
+        // 40 ms run, 60 ms waiting, but read on another thread: a new window, no verdict yet.
+        assert!(!w.saturated(at(600), other, || stat(40, 60)));
+        assert!(w.saturated(at(700), other, || stat(80, 120)));
+        // No statistics: the writer yields. The next good read starts a new window.
+        assert!(!w.saturated(at(800), other, || None));
+        assert!(!w.saturated(at(850), other, || panic!("read too early")));
+        assert!(!w.saturated(at(900), other, || stat(100, 200)));
     }
 
     #[test]
@@ -197,18 +240,20 @@ mod tests {
         );
         assert_eq!(parse_schedstat(""), None);
         assert_eq!(parse_schedstat("12 x 3"), None);
-        if cfg!(target_os = "linux") {
-            let before = read_own_schedstat().expect("this kernel has /proc/thread-self/schedstat");
-            // Run for a while, then sleep: the kernel adds run time up when the thread stops.
+        // Where the kernel has them (Linux with sched info), they count this thread's time.
+        if let Some(before) = read_own_schedstat() {
+            // Runnable for 20 ms: running or waiting for a CPU, the two fields grow by as much.
             let spin = Instant::now();
             while spin.elapsed() < Duration::from_millis(20) {
                 std::hint::black_box(0u64);
             }
+            // The kernel adds the time up when the thread stops.
             std::thread::sleep(Duration::from_millis(1));
             let after = read_own_schedstat().expect("read again");
+            let grew = (after.run_ns + after.wait_ns) - (before.run_ns + before.wait_ns);
             assert!(
-                after.run_ns >= before.run_ns + 10_000_000,
-                "20 ms of running counted: {before:?} -> {after:?}"
+                grew >= 15_000_000,
+                "20 ms runnable, {grew} ns counted: {before:?} -> {after:?}"
             );
         }
     }
