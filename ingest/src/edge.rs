@@ -308,18 +308,12 @@ impl Connection {
                     };
                 }
                 _ = shutdown.cancelled() => {
-                    if !self.app.store_failed() {
-                        self.drain_for_shutdown().await;
-                    }
-                    if self.app.store_failed() {
-                        // What was durable before the failure is still acked; nothing after.
-                        let ack = self.device.lock().ack_value().max(*self.acks.borrow_and_update());
-                        if ack > 0 {
-                            let _ = self.send_ack(ack).await;
-                        }
-                        break close::STORE_UNAVAILABLE;
-                    }
-                    break close::GOING_AWAY;
+                    self.drain_for_shutdown().await;
+                    break if self.app.store_failed() {
+                        close::STORE_UNAVAILABLE
+                    } else {
+                        close::GOING_AWAY
+                    };
                 }
                 changed = self.acks.changed() => {
                     if changed.is_err() { break close::REPLACED; }
@@ -500,7 +494,8 @@ impl Connection {
     }
 
     /// Shutdown: stop reading, wait (bounded) until everything accepted is committed, send the
-    /// final ack.
+    /// final ack. If the store has failed, no more acks can come: the final ack is what was
+    /// durable before the failure, at once.
     async fn drain_for_shutdown(&mut self) {
         let deadline = tokio::time::Instant::now() + self.app.config.shutdown_timeout.0;
         loop {
@@ -510,7 +505,7 @@ impl Connection {
                 // publishes their ack, so between the two `acked` is stale.
                 (!s.inflight.is_empty(), s.ack_value().max(s.acked))
             };
-            if !pending {
+            if !pending || self.app.store_failed() {
                 let latest = *self.acks.borrow_and_update();
                 if latest.max(acked) > 0 {
                     let _ = self.send_ack(latest.max(acked)).await;
@@ -523,8 +518,8 @@ impl Connection {
                         return;
                     }
                 }
-                // No more acks can come.
-                _ = self.app.store_failed_token.cancelled() => return,
+                // No more acks can come: send what was durable.
+                _ = self.app.store_failed_token.cancelled() => {}
             }
         }
     }

@@ -119,6 +119,12 @@ impl App {
         self.store_failure.get().is_some()
     }
 
+    /// Records that the store failed (the first reason stands) and wakes whoever waits for it.
+    fn record_store_failure(&self, why: String) {
+        let _ = self.store_failure.set(why);
+        self.store_failed_token.cancel();
+    }
+
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -229,7 +235,7 @@ pub fn build(
 /// with "store unavailable" and the error is returned, for the process to exit with it.
 pub async fn serve(
     app: Arc<App>,
-    writer_task: tokio::task::JoinHandle<()>,
+    mut writer_task: tokio::task::JoinHandle<()>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
@@ -244,8 +250,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let why = app.store.failed().await;
             error!(error = %why, "the store failed: stopping the server so that it is restarted");
-            let _ = app.store_failure.set(why);
-            app.store_failed_token.cancel();
+            app.record_store_failure(why);
         })
     };
     loop {
@@ -302,7 +307,6 @@ pub async fn serve(
     let left = deadline
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));
-    let mut writer_task = writer_task;
     tokio::select! {
         finished = tokio::time::timeout(left, &mut writer_task) => {
             if finished.is_err() {
@@ -321,7 +325,7 @@ pub async fn serve(
     // A failure met by the last writes of the shutdown (presence updates), which the watcher
     // may not have reported yet.
     if let Some(why) = app.store.failed().now_or_never() {
-        let _ = app.store_failure.set(why);
+        app.record_store_failure(why);
     }
     match app.store_failure.get() {
         Some(why) => Err(ServerError::StoreFailed(why.clone())),

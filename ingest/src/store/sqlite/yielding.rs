@@ -11,8 +11,9 @@
 //! On a saturated machine a yield is not free: the yielding thread goes behind every runnable
 //! thread, so the writer's statements, and the batches and acks queued behind them, take longer,
 //! and devices are pushed back. The writer therefore yields only while it has not been kept
-//! waiting for a CPU itself ([`CpuWait`]: it stops above 40% of its busy time, resumes below 25%). Measured (`BENCHMARKS.md`, "2026-12-06: the writer
-//! yields only with a core to spare", medians of 4-6 alternating runs): at 1 dashboard the live
+//! waiting for a CPU itself ([`CpuWait`]: it stops above 40% of its busy time, resumes below
+//! 25%). Measured (`BENCHMARKS.md`, "2026-12-06: the writer yields only with a core to spare",
+//! medians of 4-6 alternating runs, single 40% threshold): at 1 dashboard the live
 //! p99 was 1.98 ms with yields, 3.12 ms without, 1.92 ms with this rule; at 1,000 dashboards
 //! (both cores saturated) 104.2 ms with yields, 73.5 ms without, 64.4 ms with this rule (ack p50
 //! 73 / 54 / 51 ms). The writer waited for a CPU 17-23% of its busy time at 1 or 100 dashboards,
@@ -118,12 +119,11 @@ impl CpuWait {
             self.saturated = false;
             return false;
         };
-        let Some((base_thread, base)) = self.base.filter(|(t, _)| *t == thread) else {
+        let Some((_, base)) = self.base.filter(|(t, _)| *t == thread) else {
             // First sample on this thread: a window starts.
             self.base = Some((thread, stat));
             return self.saturated;
         };
-        debug_assert_eq!(base_thread, thread);
         let run = stat.run_ns.saturating_sub(base.run_ns);
         let wait = stat.wait_ns.saturating_sub(base.wait_ns);
         let busy = run + wait;
