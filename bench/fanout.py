@@ -29,6 +29,7 @@ Latency is steady state: readings sent during the connection ramp and the next -
 
 Usage: python3 bench/fanout.py [--quick] [--duration 20] [--dashboards 1,100,1000]
                                [--stalled 0,10] [--rate 10,5] [--readings 10] [--warmup 5] [--repeat 1]
+                               [--server-cpus LIST --sim-cpus LIST]
                                [--write BENCHMARKS.md] [--section fanout]
 Builds release binaries first. The defaults run the whole issue table twice: at 10 frames/s per
 device (100k readings/s in, where ingest itself is near capacity on 2 cores) and at 5 (50k/s).
@@ -47,6 +48,12 @@ REL = os.path.join(ROOT, "target", "release")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEVICES, PER_CLIENT = 1000, 10
 READINGS = 10  # readings per frame; --readings sets it
+PIN = {"server": None, "sim": None}  # taskset CPU lists; --server-cpus and --sim-cpus set them
+
+
+def pinned(role, args):
+    """`args` run under `taskset -c LIST` when CPUs are set for `role` (taskset execs: same pid)."""
+    return ["taskset", "-c", PIN[role], *args] if PIN[role] else args
 
 
 def free_port():
@@ -97,7 +104,7 @@ class Telemux:
         args = [os.path.join(REL, "ingest"), "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.dir,
                 "--sqlite-synchronous", "normal", "--connect-rate-per-ip", "100000", "--connect-burst-per-ip", "100000",
                 "--ping-interval", "30s", "--idle-timeout", "1h"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "server.log"), "w"),
+        self.proc = subprocess.Popen(pinned("server", args), stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.dir, "server.log"), "w"),
                                      env=dict(os.environ, RUST_LOG="warn"))
         wait_port(self.port, self.proc, "ingest")
         deadline = time.time() + 20
@@ -131,7 +138,7 @@ class Mosquitto:
             f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_connections -1\n"
                     "log_dest none\n")
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(pinned("server", [binary, "-c", conf]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, self.proc, "mosquitto")
 
     def sim_args(self):
@@ -156,7 +163,7 @@ def run(server_cls, dashboards, stalled, duration, rate, warmup):
                 "--readings", str(READINGS), "--duration", f"{duration}s", "--ramp", "5000", "--drain-timeout", "10s",
                 "--dashboards", str(dashboards), "--dashboard-devices", str(PER_CLIENT), "--dashboard-all", "1",
                 "--stalled-dashboards", str(stalled), "--dashboard-grace", "3s", "--warmup", f"{warmup}s", "--progress-every", "1s", "--json", out]
-        sim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        sim = subprocess.Popen(pinned("sim", args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # Progress lines start once every dashboard is subscribed and the devices start; sample the
         # server's CPU and RSS at each, and keep the window from the 2nd line to the end of sending.
         samples = []
@@ -223,9 +230,10 @@ def report(results, counts, stalls, rate, duration, limit, cmd):
            f"latency measured after the first {first.get('latency_warmup_s', 0):.1f} s (connection ramp + warm-up: the "
            "start-up burst of 2,000 connects and subscribes is left out, every reading is still checked), "
            + (f"{reps} rounds over every configuration, the row shown is the run with the median p99 (each round's p99 in the last column), " if reps > 1 else "")
-           + 
-           f"{os.cpu_count()} cores shared by the server (or Mosquitto) and `firmware-sim` (devices and dashboards in one process); "
-           f"open-file limit {limit}.",
+           + (f"the server (or Mosquitto) pinned to CPUs {PIN['server']} and `firmware-sim` (devices and dashboards in one process) to CPUs {PIN['sim']} (`taskset`), {os.cpu_count()} cores in all; "
+              if PIN["server"] and PIN["sim"] else
+              f"{os.cpu_count()} cores shared by the server (or Mosquitto) and `firmware-sim` (devices and dashboards in one process); ")
+           + f"open-file limit {limit}.",
            f"Load: {DEVICES:,} devices x {rate:g} frames/s x {READINGS} readings = {DEVICES * rate * READINGS:,.0f} readings/s in; "
            f"each dashboard on {PER_CLIENT} random devices (the same ones for both), plus one on all devices; stalled "
            "dashboards subscribe to all devices and never read.", "",
@@ -299,12 +307,21 @@ def main():
                     help="seconds after the connection ramp left out of the latency histograms (default 5)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs per configuration; the row shown is the run with the median p99 (default 1)")
+    ap.add_argument("--server-cpus",
+                    help="CPU list (taskset -c) for the server and Mosquitto, e.g. 0-3; with --sim-cpus on other CPUs "
+                         "the load generator no longer takes the server's cores")
+    ap.add_argument("--sim-cpus", help="CPU list (taskset -c) for firmware-sim, e.g. 4-7")
     ap.add_argument("--write")
     ap.add_argument("--section", default="fanout",
                     help="marker name of the BENCHMARKS.md section --write replaces (default fanout)")
     a = ap.parse_args()
     global READINGS
     READINGS = a.readings
+    if bool(a.server_cpus) != bool(a.sim_cpus):
+        sys.exit("--server-cpus and --sim-cpus go together (pinning one side only still shares its cores)")
+    if a.server_cpus and not shutil.which("taskset"):
+        sys.exit("taskset not found (util-linux): needed for --server-cpus/--sim-cpus")
+    PIN["server"], PIN["sim"] = a.server_cpus, a.sim_cpus
     duration = a.duration or (8 if a.quick else 20)
     if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
         sys.exit("mosquitto not found: apt-get install mosquitto")
@@ -317,7 +334,9 @@ def main():
     cmd = "python3 bench/fanout.py" + (" --quick" if a.quick else "") + (f" --duration {a.duration}" if a.duration else "") \
         + (f" --dashboards {a.dashboards}" if a.dashboards != "1,100,1000" else "") + (f" --stalled {a.stalled}" if a.stalled != "0,10" else "") \
         + (f" --rate {a.rate}" if a.rate != "10,5" else "") + (f" --readings {a.readings}" if a.readings != 10 else "") + (f" --warmup {a.warmup}" if a.warmup != 5 else "") \
-        + (f" --repeat {a.repeat}" if a.repeat != 1 else "") + (f" --section {a.section}" if a.section != "fanout" else "")
+        + (f" --repeat {a.repeat}" if a.repeat != 1 else "") \
+        + (f" --server-cpus {a.server_cpus} --sim-cpus {a.sim_cpus}" if a.server_cpus else "") \
+        + (f" --section {a.section}" if a.section != "fanout" else "")
     blocks = []
     for rate in rates:
         # Repeats are rounds over every configuration (not one configuration's runs back to
