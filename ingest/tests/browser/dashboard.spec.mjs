@@ -157,7 +157,10 @@ try {
     await until(page, (want) => {
       const rows = [...document.querySelectorAll('#rows tr:not([hidden])')].map((r) => r.dataset.device);
       return rows.length === 1 && rows[0] === want;
-    }, id, `filter "${q}" (id, name or tag) shows device ${id} only`);
+    }, id, `filter "${q}" (id, name or tag) shows device ${id} only`).catch(async (e) => {
+      const shown = await page.$$eval('#rows tr:not([hidden])', (r) => r.map((x) => x.dataset.device));
+      throw new Error(`${e.message} (rows shown: ${shown})`);
+    });
   }
   await page.fill('#filter', '');
   await until(page, () => document.querySelector('tr[data-device="2"] td.name').textContent.includes('pump-2'), null, 'device names from the API are shown');
